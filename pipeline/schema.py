@@ -54,7 +54,8 @@ def to_example(clip_id: str, audio: np.ndarray, mel: np.ndarray, mel_loss: np.nd
         "mel_loss": _bytes(np.ascontiguousarray(mel_loss, dtype="<f4").tobytes()),
         "num_frames": tf.train.Feature(int64_list=tf.train.Int64List(value=[num_frames])),
     }))
-    return example.SerializeToString()
+    # Deterministic: map fields in a fixed order, so every runner and process writes byte-identical shards.
+    return example.SerializeToString(deterministic=True)
 
 
 def parse(serialized: tf.Tensor, num_mels: int, audio_encoding: str = "int16") -> dict[str, tf.Tensor]:

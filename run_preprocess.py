@@ -1,0 +1,68 @@
+"""Preprocess audio filelists into TFRecord shards with Apache Beam (see pipeline/preprocess.py).
+
+Flags this script does not know are Beam's (--runner, --direct_num_workers, --direct_running_mode, Dataflow's
+--project/--region/--temp_location/--setup_file, ...). With no flag it runs on the demo corpus in demo/wavs.
+"""
+
+import argparse
+import logging
+import sys
+import time
+
+from pipeline.config import load_config
+from pipeline.filelist import FilelistError, read_lines
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/v1.json", help="HiFi-GAN config (the original's JSON keys)")
+    parser.add_argument("--train_filelist", default="filelists/demo_train.txt", help="training split: path|text lines")
+    parser.add_argument("--val_filelist", default="filelists/demo_val.txt", help="validation split: path|text lines")
+    parser.add_argument("--audio_root", default="demo/wavs", help="directory the filelist paths are relative to")
+    parser.add_argument("--output_dir", default="data/tfrecords", help="where shards, manifest.json and "
+                        "rejected.jsonl go (local path or any Beam filesystem URI, e.g. gs://bucket/dir)")
+    parser.add_argument("--base_mels_path", default=None, help="fine-tune mode: directory of teacher-forced "
+                        "Tacotron mels <id>.npy (the original's --input_mels_dir); audio is not peak-normalised")
+    parser.add_argument("--num_shards", type=int, default=None, help="shards per split (default: ~150 MB each)")
+    parser.add_argument("--frame_tolerance", type=int, default=2, help="fine-tune mode: largest frame-count "
+                        "difference between a teacher mel and its audio that is trimmed away, not rejected")
+    parser.add_argument("--max_seconds", type=float, default=60.0, help="reject clips longer than this")
+    parser.add_argument("--audio_encoding", default="int16", help="how records store audio: int16 (PCM) or float32")
+    return parser.parse_known_args(argv)
+
+
+def main(argv=None):
+    args, beam_args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    start = time.time()
+    try:
+        config = load_config(args.config)
+        for filelist in (args.train_filelist, args.val_filelist):
+            read_lines(filelist)  # fail early, before TensorFlow loads, on a missing filelist
+        # Beam's job and TensorFlow are imported once the inputs are known to be there: errors are fast.
+        from pipeline.preprocess import PreprocessOptions, run
+
+        options = PreprocessOptions(
+            filelists={"train": args.train_filelist, "val": args.val_filelist}, audio_root=args.audio_root,
+            output_dir=args.output_dir, base_mels_path=args.base_mels_path, num_shards=args.num_shards,
+            frame_tolerance=args.frame_tolerance, max_seconds=args.max_seconds, audio_encoding=args.audio_encoding)
+    except ValueError as e:  # ConfigError and FilelistError included
+        print(f"run_preprocess.py: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        manifest = run(config, options, beam_args)
+    except FilelistError as e:
+        print(f"run_preprocess.py: error: {e}", file=sys.stderr)
+        return 2
+    print(f"Wrote {args.output_dir} in {time.time() - start:.1f} s wall:")
+    for name, split in manifest.splits.items():
+        print(f"  {name}: {split.num_lines} lines, {split.num_examples} clips written, {split.num_rejected} "
+              f"rejected, {split.total_seconds / 3600:.3f} h ({split.total_seconds:.1f} s) of audio, "
+              f"{len(split.shards)} shards")
+    if any(split.num_rejected for split in manifest.splits.values()):
+        print(f"  rejected clips and reasons: {args.output_dir}/rejected.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
