@@ -1,0 +1,153 @@
+"""The multi-period and multi-scale discriminators of HiFi-GAN.
+
+Each takes ONE signal, audio [batch, samples, 1], and returns ``(logits, feature_maps)``: logits a list with one
+[batch, n] score tensor per sub-discriminator, feature_maps a list (per sub-discriminator) of the activations
+after every convolution (conv_post's output last). NOTE: the original's modules take (real, generated) at once;
+a trainer that wants one pass concatenates both on the batch axis.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from model.layers import (LRELU_SLOPE, PACKAGE, PaddedConv1D, PaddedConv2D, SpectralNorm, WeightNorm, get_padding,
+                          track_layer_list)
+
+
+def _flatten(x):
+    return ops.reshape(x, (ops.shape(x)[0], -1))
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class DiscriminatorP(keras.layers.Layer):
+    """Period discriminator: audio [batch, samples, 1] -> [batch, ceil(samples / period), period, 1] 2-D view,
+    then (k, 1) convolutions along time. Feature maps are [batch, time', period, channels]."""
+
+    def __init__(self, period, kernel_size=5, stride=3, use_spectral_norm=False, **kwargs):
+        super().__init__(**kwargs)
+        self.period, self.kernel_size, self.stride = period, kernel_size, stride
+        self.use_spectral_norm = use_spectral_norm
+        norm = SpectralNorm if use_spectral_norm else WeightNorm
+        # NOTE: the original pads with get_padding(5, 1) whatever kernel_size is; kept.
+        pad = get_padding(5, 1)
+        self.convs = [norm(PaddedConv2D(filters, (kernel_size, 1), (stride, 1), pad=pad))
+                      for filters in (32, 128, 512, 1024)]
+        self.convs.append(norm(PaddedConv2D(1024, (kernel_size, 1), 1, pad=2)))
+        self.conv_post = norm(PaddedConv2D(1, (3, 1), 1, pad=1))
+        track_layer_list(self, "convs", self.convs)
+
+    def call(self, x):
+        """x [batch, samples, 1] -> (logits [batch, time' * period], feature maps)."""
+        # NOTE: like the original, reflect-pad at the end to a multiple of the period.
+        num_pad = -tf.shape(x)[1] % self.period
+        x = tf.pad(x, [[0, 0], [0, num_pad], [0, 0]], mode="REFLECT")
+        x = ops.reshape(x, (ops.shape(x)[0], -1, self.period, 1))
+        fmap = []
+        for conv in self.convs:
+            x = ops.leaky_relu(conv(x), LRELU_SLOPE)
+            fmap.append(x)
+        x = self.conv_post(x)
+        fmap.append(x)
+        return _flatten(x), fmap
+
+    def get_config(self):
+        return {**super().get_config(), "period": self.period, "kernel_size": self.kernel_size,
+                "stride": self.stride, "use_spectral_norm": self.use_spectral_norm}
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class DiscriminatorS(keras.layers.Layer):
+    """Scale discriminator: strided, grouped 1-D convolutions. audio [batch, samples, 1] -> (logits, fmaps)."""
+
+    def __init__(self, use_spectral_norm=False, **kwargs):
+        super().__init__(**kwargs)
+        self.use_spectral_norm = use_spectral_norm
+        norm = SpectralNorm if use_spectral_norm else WeightNorm
+        # (filters, kernel, stride, groups, pad) of the original's convs.
+        specs = [(128, 15, 1, 1, 7), (128, 41, 2, 4, 20), (256, 41, 2, 16, 20), (512, 41, 4, 16, 20),
+                 (1024, 41, 4, 16, 20), (1024, 41, 1, 16, 20), (1024, 5, 1, 1, 2)]
+        self.convs = [norm(PaddedConv1D(f, k, s, groups=g, pad=p)) for f, k, s, g, p in specs]
+        self.conv_post = norm(PaddedConv1D(1, 3, 1, pad=1))
+        track_layer_list(self, "convs", self.convs)
+
+    def call(self, x):
+        """x [batch, samples, 1] -> (logits [batch, time'], feature maps [batch, time_i, channels_i])."""
+        fmap = []
+        for conv in self.convs:
+            x = ops.leaky_relu(conv(x), LRELU_SLOPE)
+            fmap.append(x)
+        x = self.conv_post(x)
+        fmap.append(x)
+        return _flatten(x), fmap
+
+    def get_config(self):
+        return {**super().get_config(), "use_spectral_norm": self.use_spectral_norm}
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class ZeroPaddedAvgPool1D(keras.layers.Layer):
+    """torch's AvgPool1d(pool_size, strides, padding) with its default count_include_pad=True.
+
+    NOTE: torch zero-pads and divides every window by pool_size, padding included, so edge windows are damped;
+    Keras' "same" pooling would average only the real samples. [batch, time, C] ->
+    [batch, (time + 2 * pad - pool_size) // strides + 1, C].
+    """
+
+    def __init__(self, pool_size=4, strides=2, pad=2, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size, self.strides, self.pad = pool_size, strides, pad
+
+    def call(self, x):
+        x = ops.pad(x, [[0, 0], [self.pad, self.pad], [0, 0]])
+        return ops.average_pool(x, self.pool_size, self.strides, padding="valid")
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size, "strides": self.strides, "pad": self.pad}
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class MultiPeriodDiscriminator(keras.Model):
+    """One DiscriminatorP per period. call(audio [batch, samples, 1]) -> (logits list, feature-map lists)."""
+
+    def __init__(self, periods=(2, 3, 5, 7, 11), **kwargs):
+        super().__init__(**kwargs)
+        self.periods = tuple(periods)
+        self.discriminators = track_layer_list(self, "discriminators", [DiscriminatorP(p) for p in self.periods])
+
+    def call(self, audio):
+        outputs = [d(audio) for d in self.discriminators]
+        return [o[0] for o in outputs], [o[1] for o in outputs]
+
+    def build(self, input_shape=None):
+        self.call(keras.KerasTensor(input_shape or (None, None, 1)))
+        self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "periods": list(self.periods)}
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class MultiScaleDiscriminator(keras.Model):
+    """DiscriminatorS on the audio (spectral norm), then on 2x and 4x average-pooled audio (weight norm)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.discriminators = track_layer_list(
+            self, "discriminators", [DiscriminatorS(use_spectral_norm=True), DiscriminatorS(), DiscriminatorS()])
+        self.meanpools = [ZeroPaddedAvgPool1D(4, 2, pad=2), ZeroPaddedAvgPool1D(4, 2, pad=2)]
+
+    def call(self, audio, training=None):
+        logits, fmaps = [], []
+        for i, d in enumerate(self.discriminators):
+            if i:
+                audio = self.meanpools[i - 1](audio)
+            score, fmap = d(audio, training=training)
+            logits.append(score)
+            fmaps.append(fmap)
+        return logits, fmaps
+
+    def build(self, input_shape=None):
+        self.call(keras.KerasTensor(input_shape or (None, None, 1)))
+        self.built = True

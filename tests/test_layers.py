@@ -1,0 +1,188 @@
+"""Behaviour of the building blocks: weight/spectral normalisation, torch-style convolutions, output lengths,
+the period discriminator's padding, and config round trips."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from model.discriminators import (DiscriminatorP, MultiPeriodDiscriminator, MultiScaleDiscriminator,
+                                  ZeroPaddedAvgPool1D)
+from model.generator import Generator
+from model.layers import CroppedConv1DTranspose, PaddedConv1D, PaddedConv2D, SpectralNorm, WeightNorm
+from pipeline.config import GeneratorConfig
+
+
+def make_generator_config(**overrides) -> GeneratorConfig:
+    """A tiny V1-like generator (hop 16) with overrides."""
+    raw = dict(num_mels=12, resblock="1", upsample_rates=[4, 4], upsample_kernel_sizes=[8, 8],
+               upsample_initial_channel=16, resblock_kernel_sizes=[3, 5],
+               resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]])
+    return GeneratorConfig.from_raw({**raw, **overrides})
+
+
+CONVS = {
+    "conv1d": (lambda: PaddedConv1D(8, 5, dilation_rate=2, pad=4), (2, 30, 6)),
+    "conv2d": (lambda: PaddedConv2D(8, (5, 1), (3, 1), pad=2), (2, 30, 3, 4)),
+    "conv_transpose": (lambda: CroppedConv1DTranspose(6, 8, strides=4, pad=2), (2, 10, 12)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CONVS))
+def test_weight_norm_is_torchs_and_folds(kind):
+    make, shape = CONVS[kind]
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    layer = WeightNorm(make())
+    layer.build(shape)
+    v = layer.layer.kernel.numpy()
+    # g starts at ||v||: the effective kernel is v, as right after torch's weight_norm.
+    np.testing.assert_allclose(layer.normalized_kernel().numpy(), v, rtol=1e-6)
+    # One g per torch dim-0 entry: the LAST axis of our kernels, i.e. the input channel of the transposed conv.
+    assert layer.g.shape == (v.shape[-1],)
+    if kind == "conv_transpose":
+        assert layer.g.shape == (shape[-1],)
+    g = np.random.default_rng(1).uniform(0.5, 2.0, v.shape[-1]).astype(np.float32)
+    layer.g.assign(g)
+    norm = np.sqrt((v.astype(np.float64) ** 2).sum(axis=tuple(range(v.ndim - 1))))
+    np.testing.assert_allclose(layer.normalized_kernel().numpy(), g * v / norm, rtol=1e-5)
+    before = layer(x).numpy()
+    assert len(layer.trainable_weights) == 3
+    layer.fold()
+    assert len(layer.trainable_weights) == 2 and layer.folded
+    np.testing.assert_allclose(layer(x).numpy(), before, rtol=1e-5, atol=1e-6)
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    clone.build(shape)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(clone(x).numpy(), layer(x).numpy())
+
+
+def test_padded_conv_is_torchs_zero_padding():
+    """Strided conv with pad 20 like the MSD's: equals a 'valid' conv on the explicitly zero-padded input."""
+    x = np.random.default_rng(2).normal(size=(2, 50, 8)).astype(np.float32)
+    conv = PaddedConv1D(16, 41, 2, groups=4, pad=20)
+    y = conv(x).numpy()
+    assert y.shape == (2, (50 + 40 - 41) // 2 + 1, 16)
+    # Grouped: one convolution per group, equal to Keras' own grouped convolution on the padded input.
+    native = keras.layers.Conv1D(16, 41, 2, groups=4)
+    native.build((2, 90, 8))
+    native.set_weights(conv.get_weights())
+    np.testing.assert_allclose(y, native(np.pad(x, ((0, 0), (20, 20), (0, 0)))).numpy(), rtol=1e-5, atol=1e-6)
+    # torch's default init: |kernel| and |bias| <= 1 / sqrt(fan_in), fan_in = in / groups * kernel.
+    bound = 1 / np.sqrt(2 * 41)
+    assert np.abs(conv.kernel.numpy()).max() <= bound and np.abs(conv.bias.numpy()).max() <= bound
+    assert np.abs(conv.bias.numpy()).max() > bound / 4
+
+
+def test_spectral_norm_power_iteration():
+    rng = np.random.default_rng(3)
+    layer = SpectralNorm(PaddedConv1D(16, 5, pad=2))
+    x = rng.normal(size=(2, 20, 6)).astype(np.float32)
+    layer(x)
+    kernel = layer.layer.kernel.numpy()  # [5, 6, 16] -> torch [16, 6, 5] -> [16, 30]
+    matrix = np.transpose(kernel, (2, 1, 0)).reshape(16, -1)
+    u = layer.u.numpy().copy()
+    layer(x, training=False)
+    np.testing.assert_array_equal(layer.u.numpy(), u)  # inference uses the stored vectors
+    for _ in range(100):
+        layer(x, training=True)
+    assert not np.allclose(layer.u.numpy(), u)
+    sigma = np.linalg.svd(matrix, compute_uv=False)[0]
+    np.testing.assert_allclose(layer.normalized_kernel().numpy(), kernel / sigma, rtol=1e-4)
+    # Gradients reach the kernel through sigma (u and v are constants), as in torch.
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x, training=False))
+    assert np.abs(tape.gradient(loss, layer.layer.kernel).numpy()).max() > 0
+
+
+CONFIGS = {
+    "v1_like": {},
+    "resblock2": dict(resblock="2", resblock_dilation_sizes=[[1, 3], [1, 3]]),
+    # k - u odd in every layer (5 vs 10 is the original's 16 kHz shape bug): still frames * hop samples.
+    "odd": dict(upsample_rates=[5, 4, 2], upsample_kernel_sizes=[10, 7, 5], upsample_initial_channel=16),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_generator_length_is_frames_times_hop_for_any_length(name):
+    cfg = make_generator_config(**CONFIGS[name])
+    generator = Generator(cfg)
+    generator.build()  # variables exist before tracing, as after loading a checkpoint
+    infer = tf.function(generator, input_signature=[tf.TensorSpec([None, None, cfg.num_mels])])
+    for frames in (1, 7, 33):
+        mel = np.random.default_rng(frames).normal(-5, 2, (2, frames, cfg.num_mels)).astype(np.float32)
+        audio = infer(mel).numpy()
+        assert audio.shape == (2, frames * cfg.upsample_factor, 1)
+        assert np.abs(audio).max() < 1 and audio.std() > 0
+    assert infer.experimental_get_tracing_count() == 1
+
+
+def test_generator_config_round_trip_and_fold():
+    cfg = make_generator_config(resblock="2", resblock_dilation_sizes=[[1, 3], [2, 4]])
+    generator = Generator(cfg)
+    mel = np.random.default_rng(4).normal(-5, 2, (1, 9, cfg.num_mels)).astype(np.float32)
+    audio = generator(mel).numpy()
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(generator))
+    assert clone.cfg == cfg
+    clone.build()
+    clone.set_weights(generator.get_weights())
+    np.testing.assert_array_equal(clone(mel).numpy(), audio)
+    num_weights = len(generator.weights)
+    generator.remove_weight_norm()
+    num_convs = 2 + len(cfg.upsample_rates) * (1 + 2 * len(cfg.resblock_kernel_sizes))
+    assert num_weights == 3 * num_convs and len(generator.weights) == 2 * num_convs
+    np.testing.assert_allclose(generator(mel).numpy(), audio, atol=1e-6)
+    folded = Generator.from_config(generator.get_config())
+    assert not folded.weight_norm
+    folded.build()
+    folded.set_weights(generator.get_weights())
+    np.testing.assert_array_equal(folded(mel).numpy(), generator(mel).numpy())
+
+
+@pytest.mark.parametrize("num_samples", [97, 99])
+def test_period_discriminator_reflect_pads_to_a_multiple_of_the_period(num_samples):
+    period = 5
+    disc = DiscriminatorP(period)
+    x = np.random.default_rng(num_samples).normal(size=(2, num_samples, 1)).astype(np.float32)
+    logits, fmaps = disc(x)
+    rows = -(-num_samples // period)
+    assert fmaps[0].shape == (2, (rows - 1) // 3 + 1, period, 32)
+    assert logits.shape[1] == fmaps[-1].shape[1] * period
+    # The original's padding: reflect at the end up to a multiple of the period.
+    padded = np.pad(x, ((0, 0), (0, rows * period - num_samples), (0, 0)), mode="reflect")
+    padded_logits, _ = disc(padded)
+    np.testing.assert_allclose(logits.numpy(), padded_logits.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_mpd_config_round_trip():
+    mpd = MultiPeriodDiscriminator(periods=(2, 3))
+    clone = MultiPeriodDiscriminator.from_config(mpd.get_config())
+    assert [d.period for d in clone.discriminators] == [2, 3]
+
+
+def test_avg_pool_counts_padding_like_torch():
+    x = np.arange(1, 11, dtype=np.float32).reshape(1, 10, 1)
+    y = ZeroPaddedAvgPool1D(4, 2, pad=2)(x).numpy()[0, :, 0]
+    padded = np.pad(x[0, :, 0], 2)
+    expected = [padded[i:i + 4].sum() / 4 for i in range(0, len(padded) - 3, 2)]
+    np.testing.assert_allclose(y, expected)
+    assert y[0] == (1 + 2) / 4  # edge window divided by 4, zeros included
+
+
+def _checkpointed_variables(obj):
+    return [t for t in tf.train.TrackableView(obj).descendants() if isinstance(t, keras.Variable)]
+
+
+def test_tf_checkpoint_holds_every_variable(tmp_path):
+    """tf.train.Checkpoint (the trainer's) must see the layers kept in lists (ups, resblocks, convs...)."""
+    cfg = make_generator_config()
+    generator = Generator(cfg)
+    generator.build()
+    path = tf.train.Checkpoint(generator=generator).write(str(tmp_path / "ckpt"))
+    restored = Generator(cfg)
+    restored.build()
+    tf.train.Checkpoint(generator=restored).read(path).assert_consumed()
+    mel = np.random.default_rng(5).normal(-5, 2, (1, 6, cfg.num_mels)).astype(np.float32)
+    np.testing.assert_array_equal(restored(mel).numpy(), generator(mel).numpy())
+    for model in (MultiPeriodDiscriminator(periods=(2, 3)), MultiScaleDiscriminator()):
+        model.build()
+        assert len(_checkpointed_variables(model)) == len(model.weights)
