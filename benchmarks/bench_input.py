@@ -1,0 +1,113 @@
+"""Throughput (clips per second) and time to first batch of the streaming tf.data input alone; optionally the
+original's MelDataset + DataLoader (same worker count) on the same audio, and the ratio.
+
+    .venv/bin/python -m benchmarks.bench_input --num_clips 256 --batch_size 16 \
+        --reference_repo /work/ref --reference_python /work/torchvenv/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def write_corpus(tmp: str, cfg, num_clips: int, seconds: float, num_shards: int) -> list[str]:
+    """Tone clips as 16-bit WAVs (for the original) and as shards + manifest (for us); returns the WAV paths."""
+    import soundfile as sf
+    import tensorflow as tf
+
+    from pipeline.manifest import MANIFEST_NAME, Manifest
+    from pipeline.mel import MelExtractor
+    from pipeline.schema import to_example
+
+    rng = np.random.default_rng(0)
+    extractor, hop = MelExtractor(cfg.audio), cfg.audio.hop_size
+    manifest = Manifest.new(cfg.audio, "int16", False)
+    writers = [tf.io.TFRecordWriter(os.path.join(tmp, f"train-{i:05d}-of-{num_shards:05d}.tfrecord"))
+               for i in range(num_shards)]
+    paths = []
+    for k in range(num_clips):
+        n = int(seconds * cfg.audio.sampling_rate * rng.uniform(0.7, 1.3)) // hop * hop
+        t = np.arange(n) / cfg.audio.sampling_rate
+        audio = (0.5 * np.sin(2 * np.pi * rng.uniform(100, 400) * t) + 0.01 * rng.standard_normal(n))
+        audio = np.round(audio.astype(np.float32) * 32767) / 32767
+        path = os.path.join(tmp, f"clip{k:05d}.wav")
+        sf.write(path, audio, cfg.audio.sampling_rate, subtype="PCM_16")
+        paths.append(path)
+        mel, mel_loss = extractor(audio)
+        frames = n // hop
+        writers[k % num_shards].write(to_example(f"clip{k:05d}", audio, mel[:frames], mel_loss[:frames]))
+        manifest.splits["train"].num_examples += 1
+    for w in writers:
+        w.close()
+    manifest.splits["train"].shards = [f"train-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
+    with open(os.path.join(tmp, MANIFEST_NAME), "w") as f:
+        f.write(manifest.to_json())
+    return paths
+
+
+def time_ours(tmp: str, cfg, epochs: int) -> tuple[float, float]:
+    from model import data
+
+    manifest = data.load_manifest(tmp)
+    start = time.perf_counter()
+    clips, first = 0, None
+    for epoch in range(epochs):
+        for batch in data.train_dataset(tmp, manifest, cfg, seed=1, epoch=epoch):
+            clips += int(batch["mel"].shape[0])
+            if first is None:
+                first = time.perf_counter() - start
+    return first, clips / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/v1.json", help="config (audio parameters, segment_size)")
+    p.add_argument("--batch_size", type=int, default=16, help="batch size")
+    p.add_argument("--num_clips", type=int, default=256, help="clips in the corpus")
+    p.add_argument("--seconds", type=float, default=3.0, help="mean clip length")
+    p.add_argument("--num_shards", type=int, default=4, help="shards the corpus is written to")
+    p.add_argument("--epochs", type=int, default=2, help="epochs timed")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes of the original")
+    p.add_argument("--reference_repo", default=None, help="checkout of jik876/hifi-gan to time as well")
+    p.add_argument("--reference_python", default=sys.executable, help="python with torch for the reference")
+    args = p.parse_args(argv)
+    from pipeline.config import config_from_dict, load_config
+
+    cfg = config_from_dict({**load_config(args.config).raw, "batch_size": args.batch_size})
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = write_corpus(tmp, cfg, args.num_clips, args.seconds, args.num_shards)
+        first, rate = time_ours(tmp, cfg, args.epochs)
+        print(f"tf.data input: {rate:.0f} clips/s, first batch after {first:.3f} s "
+              f"(batch {args.batch_size}, {args.num_clips} clips x {args.epochs} epochs)", flush=True)
+        if args.reference_repo:
+            files = os.path.join(tmp, "files.txt")
+            with open(files, "w") as f:
+                f.write("\n".join(paths))
+            config = os.path.join(tmp, "config.json")
+            with open(config, "w") as f:
+                f.write(cfg.to_json())
+            env = {**os.environ, "PYTHONPATH": os.path.abspath(args.reference_repo)}
+            cmd = [args.reference_python, os.path.join(HERE, "reference_timing.py"), "input", "--config", config,
+                   "--files", files, "--workers", str(args.workers), "--epochs", str(args.epochs)]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if out.returncode:
+                raise SystemExit(f"reference timing failed: {out.stderr.strip().splitlines()[-1:]}")
+            ref = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"original MelDataset + DataLoader ({args.workers} workers): {ref['clips_per_second']:.0f} "
+                  f"clips/s, first batch after {ref['first_batch_seconds']:.3f} s", flush=True)
+            print(f"ratio: {rate / ref['clips_per_second']:.1f}x the original's throughput")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

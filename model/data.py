@@ -1,0 +1,163 @@
+"""Streaming tf.data input from the Beam job's TFRecord shards (see pipeline/schema.py and pipeline/manifest.py).
+
+Nothing is cached in memory: each epoch lists the shards from the manifest, shuffles them, reads several at once
+and crops every clip on the frame grid on the fly. The whole order is a function of (seed, epoch): the shard
+order and the shuffle buffer are seeded with both, and each clip's crop start is drawn with a stateless random
+op keyed by (seed, epoch, position of the clip in the epoch). A run resumed mid-epoch rebuilds the same epoch and
+skips the batches it already consumed, which makes N steps + M steps equal N + M steps.
+"""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+from pipeline.config import LOG_FLOOR_VALUE, HiFiGANConfig
+from pipeline.manifest import MANIFEST_NAME, Manifest
+from pipeline.schema import parse
+
+# Shards read at once, and the bounded shuffle buffer (in clips) behind them.
+CYCLE_LENGTH = 4
+SHUFFLE_BUFFER = 256
+
+
+class DataError(ValueError):
+    """Shards that cannot be read; the message is one line naming the path."""
+
+
+def load_manifest(data_dir: str) -> Manifest:
+    """Reads ``<data_dir>/manifest.json`` from any tf.io.gfile filesystem (local, gs://, ...)."""
+    path = os.path.join(data_dir, MANIFEST_NAME)
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            return Manifest.from_json(f.read())
+    except tf.errors.NotFoundError:
+        raise DataError(f"{path}: not found (is --data_dir the output of run_preprocess.py?)") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a valid manifest ({e})") from None
+
+
+def shard_paths(data_dir: str, manifest: Manifest, split: str) -> list[str]:
+    """Full paths of a split's shards, in the manifest's order."""
+    if split not in manifest.splits or not manifest.splits[split].shards:
+        raise DataError(f"{os.path.join(data_dir, MANIFEST_NAME)}: split '{split}' has no shards")
+    return [os.path.join(data_dir, name) for name in manifest.splits[split].shards]
+
+
+def steps_per_epoch(manifest: Manifest, batch_size: int) -> int:
+    """Optimiser steps in one epoch: whole global batches of the train split (drop_remainder)."""
+    steps = manifest.splits["train"].num_examples // batch_size
+    if steps < 1:
+        raise DataError(f"the train split has {manifest.splits['train'].num_examples} clips, fewer than one batch "
+                        f"of {batch_size}")
+    return steps
+
+
+def crop(example: dict, key: tf.Tensor, frames_per_segment: int, hop_size: int) -> dict:
+    """Random segment of one parsed clip, on the frame grid.
+
+    The start frame s is uniform in [0, T - F] (F = frames_per_segment) from the stateless ``key`` (int32/64
+    [2]); returns mel and mel_loss [F, num_mels] = rows s..s+F and audio [F * hop_size] = samples
+    s * hop .. (s + F) * hop. A clip shorter than F frames is padded at the end: audio with zeros, mels with
+    log(1e-5). NOTE: the original zero-pads the mels of short clips, i.e. pads with a loud log-magnitude of 0
+    (its issue #50, buzzing); log(1e-5) is what silence looks like.
+    """
+    mel, mel_loss, audio = example["mel"], example["mel_loss"], example["audio"]
+    num_frames = tf.shape(mel)[0]
+    max_start = tf.maximum(num_frames - frames_per_segment, 0)
+    start = tf.random.stateless_uniform([], seed=key, minval=0, maxval=max_start + 1, dtype=tf.int32)
+    mel = mel[start:start + frames_per_segment]
+    mel_loss = mel_loss[start:start + frames_per_segment]
+    audio = audio[start * hop_size:(start + frames_per_segment) * hop_size]
+    missing = frames_per_segment - tf.shape(mel)[0]
+    mel = tf.pad(mel, [[0, missing], [0, 0]], constant_values=LOG_FLOOR_VALUE)
+    mel_loss = tf.pad(mel_loss, [[0, missing], [0, 0]], constant_values=LOG_FLOOR_VALUE)
+    audio = tf.pad(audio, [[0, missing * hop_size]])
+    num_mels = example["mel"].shape[-1]
+    return {
+        "mel": tf.ensure_shape(mel, [frames_per_segment, num_mels]),
+        "mel_loss": tf.ensure_shape(mel_loss, [frames_per_segment, num_mels]),
+        "audio": tf.ensure_shape(audio, [frames_per_segment * hop_size]),
+    }
+
+
+def train_dataset(data_dir: str, manifest: Manifest, cfg: HiFiGANConfig, seed: int, epoch: int,
+                  batch_size: int | None = None, num_shards: int = 1, shard_index: int = 0,
+                  num_batches: int | None = None, skip_batches: int = 0) -> tf.data.Dataset:
+    """One epoch of training batches, a function of (seed, epoch) only.
+
+    Yields dicts of mel, mel_loss [batch_size, F, num_mels] and audio [batch_size, F * hop_size] float32.
+    ``batch_size`` defaults to the config's. For several input pipelines (tf.distribute), every pipeline walks
+    the same clip order and keeps every ``num_shards``-th clip from ``shard_index``: the global batch is then the
+    same clips whatever the topology. ``num_batches`` cuts the epoch (every replica must take the same number
+    of steps), ``skip_batches`` drops the batches already consumed by an interrupted run.
+    """
+    batch_size = batch_size or cfg.training.batch_size
+    paths = shard_paths(data_dir, manifest, "train")
+    epoch_seed = tf.constant([seed, epoch], tf.int64)
+    files = tf.data.Dataset.from_tensor_slices(paths).shuffle(len(paths), seed=_mix(seed, epoch, 1))
+    ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(CYCLE_LENGTH, len(paths)), block_length=1,
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.shuffle(SHUFFLE_BUFFER, seed=_mix(seed, epoch, 2), reshuffle_each_iteration=False)
+    ds = ds.enumerate()
+    if num_shards > 1:
+        ds = ds.shard(num_shards, shard_index)
+    num_mels, audio_encoding = cfg.audio.num_mels, manifest.audio_encoding
+    frames, hop_size = cfg.frames_per_segment, cfg.audio.hop_size
+
+    def parse_and_crop(index, record):
+        key = tf.random.experimental.stateless_fold_in(epoch_seed, index)
+        return crop(parse(record, num_mels, audio_encoding), key, frames, hop_size)
+
+    ds = ds.map(parse_and_crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if num_batches is not None:
+        ds = ds.take(num_batches)
+    if skip_batches:
+        ds = ds.skip(skip_batches)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _mix(seed: int, epoch: int, stream: int) -> int:
+    """A 63-bit shuffle seed from (seed, epoch, stream), stable across processes (no Python hash())."""
+    return (seed * 1_000_003 + epoch * 7_919 + stream) % (2 ** 63 - 1)
+
+
+def validation_dataset(data_dir: str, manifest: Manifest, cfg: HiFiGANConfig,
+                       limit: int | None = None) -> tf.data.Dataset:
+    """Whole clips of the val split in the manifest's order, batch 1: id [1], audio [1, N], mel, mel_loss
+    [1, T, num_mels]."""
+    paths = shard_paths(data_dir, manifest, "val")
+    ds = tf.data.TFRecordDataset(paths)
+    if limit is not None:
+        ds = ds.take(limit)
+    num_mels, audio_encoding = cfg.audio.num_mels, manifest.audio_encoding
+    ds = ds.map(lambda r: parse(r, num_mels, audio_encoding), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    return ds.batch(1).prefetch(tf.data.AUTOTUNE)
+
+
+def distributed_train_dataset(strategy: tf.distribute.Strategy, data_dir: str, manifest: Manifest,
+                              cfg: HiFiGANConfig, seed: int, epoch: int, skip_steps: int = 0):
+    """One epoch for ``strategy``: each input pipeline builds its own part (distribute_datasets_from_function).
+
+    The config's batch_size is the global batch; every pipeline yields per-replica batches and serves
+    ``num_replicas_in_sync / num_input_pipelines`` replicas per step.
+    """
+    global_batch = cfg.training.batch_size
+    steps = steps_per_epoch(manifest, global_batch)
+    if global_batch % strategy.num_replicas_in_sync:
+        raise DataError(f"batch_size {global_batch} is not divisible by {strategy.num_replicas_in_sync} replicas")
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        per_replica = context.get_per_replica_batch_size(global_batch)
+        replicas_here = strategy.num_replicas_in_sync // context.num_input_pipelines
+        return train_dataset(data_dir, manifest, cfg, seed, epoch, batch_size=per_replica,
+                             num_shards=context.num_input_pipelines, shard_index=context.input_pipeline_id,
+                             num_batches=steps * replicas_here, skip_batches=skip_steps * replicas_here)
+
+    options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
+    return strategy.distribute_datasets_from_function(dataset_fn, options)

@@ -1,0 +1,126 @@
+"""The streaming input: crops on the frame grid, padding of short clips, determinism, sharding."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from model import data
+from pipeline.config import LOG_FLOOR_VALUE
+from tests.train_helpers import debug_config, tone_shards, write_shards
+
+CFG = debug_config()
+HOP, F, NUM_MELS = CFG.audio.hop_size, CFG.frames_per_segment, CFG.audio.num_mels
+
+
+def indexed_clips(lengths):
+    """Clips whose values encode (clip, position): audio[n] = 1000 * (k + 1) * hop + n, mel[t] = 1000 * (k + 1) + t."""
+    clips, mels = [], []
+    for k, frames in enumerate(lengths):
+        base = 1000 * (k + 1)
+        clips.append((base * HOP + np.arange(frames * HOP)).astype(np.float32))
+        mel = np.repeat((base + np.arange(frames, dtype=np.float32))[:, None], NUM_MELS, axis=1)
+        mels.append((mel, -mel))
+    return clips, mels
+
+
+@pytest.fixture(scope="module")
+def indexed_dir(tmp_path_factory):
+    lengths = [F + 9, F + 30, F, 2 * F + 5, 5, F + 1, 3 * F, F + 17]
+    clips, mels = indexed_clips(lengths)
+    path = tmp_path_factory.mktemp("indexed")
+    manifest = write_shards(path, CFG, {"train": clips, "val": clips[:2]}, num_shards={"train": 3},
+                            audio_encoding="float32", mels={"train": mels, "val": mels[:2]})
+    return str(path), manifest, lengths
+
+
+def batches(path, manifest, seed, epoch, **kwargs):
+    ds = data.train_dataset(path, manifest, CFG, seed, epoch, batch_size=2, **kwargs)
+    return [{k: v.numpy() for k, v in b.items()} for b in ds]
+
+
+def test_crop_alignment_over_many_seeds(indexed_dir):
+    path, manifest, lengths = indexed_dir
+    starts = {k: set() for k in range(len(lengths))}
+    for seed in range(40):
+        for batch in batches(path, manifest, seed, epoch=seed % 3):
+            for mel, mel_loss, audio in zip(batch["mel"], batch["mel_loss"], batch["audio"]):
+                k, s = int(mel[0, 0]) // 1000 - 1, int(mel[0, 0]) % 1000
+                frames = min(lengths[k], F)
+                base = 1000 * (k + 1)
+                np.testing.assert_array_equal(mel[:frames, 0], base + s + np.arange(frames))
+                np.testing.assert_array_equal(mel_loss[:frames], -mel[:frames])
+                # The audio crop is exactly the samples of the cropped frames.
+                np.testing.assert_array_equal(audio[:frames * HOP], base * HOP + s * HOP + np.arange(frames * HOP))
+                assert 0 <= s <= max(lengths[k] - F, 0)
+                starts[k].add(s)
+    # Starts are drawn over the whole range [0, T - F], both ends included.
+    assert starts[1] and min(starts[1]) <= 3 and max(starts[1]) >= 27
+    assert starts[2] == {0}
+
+
+def test_short_clip_is_padded_with_silence(indexed_dir):
+    path, manifest, lengths = indexed_dir
+    short = lengths.index(5)
+    seen = 0
+    for batch in batches(path, manifest, seed=3, epoch=0):
+        for mel, mel_loss, audio in zip(batch["mel"], batch["mel_loss"], batch["audio"]):
+            if int(mel[0, 0]) // 1000 - 1 != short:
+                continue
+            seen += 1
+            np.testing.assert_array_equal(mel[:5, 0], 1000 * (short + 1) + np.arange(5))
+            np.testing.assert_allclose(mel[5:], LOG_FLOOR_VALUE)
+            np.testing.assert_allclose(mel_loss[5:], LOG_FLOOR_VALUE)
+            assert np.all(audio[5 * HOP:] == 0) and audio.shape == (F * HOP,)
+    assert seen == 1
+
+
+def test_order_is_a_function_of_seed_and_epoch(indexed_dir):
+    path, manifest, _ = indexed_dir
+    first, again = batches(path, manifest, 7, 1), batches(path, manifest, 7, 1)
+    assert len(first) == manifest.splits["train"].num_examples // 2
+    for a, b in zip(first, again):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    other_epoch = batches(path, manifest, 7, 2)
+    assert any(not np.array_equal(a["mel"], b["mel"]) for a, b in zip(first, other_epoch))
+    # Resuming mid-epoch: skipping consumed batches gives the rest of the same epoch.
+    rest = batches(path, manifest, 7, 1, skip_batches=2)
+    assert len(rest) == len(first) - 2
+    for a, b in zip(first[2:], rest):
+        np.testing.assert_array_equal(a["audio"], b["audio"])
+
+
+def test_two_input_pipelines_see_the_same_global_batches(indexed_dir):
+    path, manifest, _ = indexed_dir
+    whole = [b["mel"] for b in batches(path, manifest, 5, 0)]
+    parts = [[b["mel"] for b in data.train_dataset(path, manifest, CFG, 5, 0, batch_size=1, num_shards=2,
+                                                    shard_index=i).as_numpy_iterator()] for i in range(2)]
+    for step, mel in enumerate(whole):
+        np.testing.assert_array_equal(np.concatenate([parts[0][step], parts[1][step]]), mel)
+
+
+def test_validation_yields_whole_clips(tmp_path):
+    manifest = tone_shards(tmp_path, CFG, num_train=2, num_val=3, frames=(10, 30))
+    clips = list(data.validation_dataset(str(tmp_path), manifest, CFG))
+    assert len(clips) == 3
+    for clip in clips:
+        frames = int(clip["num_frames"][0])
+        assert clip["mel"].shape == (1, frames, NUM_MELS)
+        assert clip["audio"].shape == (1, frames * HOP)
+    assert data.steps_per_epoch(manifest, 2) == 1
+
+
+def test_missing_manifest_is_a_one_line_error(tmp_path):
+    with pytest.raises(data.DataError, match="manifest.json: not found") as err:
+        data.load_manifest(str(tmp_path))
+    assert "\n" not in str(err.value)
+
+
+def test_distributed_dataset_over_two_cpus_matches(indexed_dir):
+    path, manifest, _ = indexed_dir
+    strategy = tf.distribute.get_strategy()
+    dist = data.distributed_train_dataset(strategy, path, manifest, debug_config(batch_size=2), 4, 0)
+    plain = batches(path, manifest, 4, 0)
+    got = [b["mel"].numpy() for b in dist]
+    assert len(got) == len(plain)
+    np.testing.assert_array_equal(got[0], plain[0]["mel"])

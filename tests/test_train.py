@@ -1,0 +1,172 @@
+"""The trainer on real shards: overfitting one batch, exact resume, guards, fine-tuning, logs, presets, CLI."""
+
+import glob
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from model import checkpoint as ckpt_lib
+from model.train import Trainer, TrainingError, TrainOptions, train
+from pipeline.config import load_config
+from tests.train_helpers import config_file, debug_config, tone_clip, tone_shards, write_shards
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Tiny: 4 frames per segment, batch 1, one period discriminator (the MSD is always the full one).
+CFG = debug_config(segment_size=256, batch_size=1, mpd_periods=[2], learning_rate=0.001)
+
+
+def options(data_dir, checkpoint_path, steps, **kwargs):
+    kwargs.setdefault("validation_interval", 0)
+    return TrainOptions(data_dir=str(data_dir), checkpoint_path=str(checkpoint_path), training_steps=steps,
+                        stdout_interval=1, checkpoint_interval=kwargs.pop("checkpoint_interval", 1000),
+                        progress_bar=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """One Trainer (traced once) shared by the tests, tone shards and a step-0 checkpoint to start from."""
+    root = tmp_path_factory.mktemp("train")
+    tone_shards(root / "data", CFG, num_train=2, num_val=1, frames=(6, 12), num_shards={"train": 2})
+    trainer = train(CFG, options(root / "data", root / "init", 0))
+    return trainer, root
+
+
+def start(setup, name):
+    """A checkpoint directory holding a copy of the shared step-0 checkpoint."""
+    trainer, root = setup
+    shutil.copytree(root / "init", root / name)
+    return root / name
+
+
+def weights(trainer):
+    return [v.numpy() for v in trainer.generator.weights + trainer.mpd.weights + trainer.msd.weights]
+
+
+def test_overfitting_one_batch_lowers_the_mel_error(setup, tmp_path):
+    trainer, root = setup
+    frames = CFG.frames_per_segment
+    clip = tone_clip(np.random.default_rng(1), frames * CFG.audio.hop_size, CFG.audio.sampling_rate)
+    write_shards(tmp_path, CFG, {"train": [clip], "val": [clip]})
+    train(CFG, options(tmp_path, start(setup, "overfit"), 12), trainer=trainer)
+    errors = [h["mel_spec_error"] for h in trainer.history]
+    assert len(errors) == 12
+    assert np.mean(errors[-3:]) < 0.75 * np.mean(errors[:3]), errors
+
+
+def test_resume_is_exact(setup):
+    trainer, root = setup
+    split, whole = start(setup, "split"), start(setup, "whole")
+    train(CFG, options(root / "data", split, 1), trainer=trainer)  # stops mid-epoch (2 steps per epoch)
+    assert ckpt_lib.latest_checkpoint(str(split)).endswith("ckpt-1")
+    train(CFG, options(root / "data", split, 3), trainer=trainer)  # finishes epoch 1, one step of epoch 2
+    resumed = weights(trainer)
+    train(CFG, options(root / "data", whole, 3), trainer=trainer)
+    assert int(trainer.step) == 3 and int(trainer.epoch) == 1
+    for a, b in zip(resumed, weights(trainer)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    # The learning rate followed the epochs: lr * lr_decay ** 1.
+    np.testing.assert_allclose(float(trainer.optim_g.learning_rate), 0.001 * 0.999, rtol=1e-6)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path):
+    trainer, root = setup
+    path = start(setup, "nan")
+    train(CFG, options(root / "data", path, 1), trainer=trainer)
+    good = weights(trainer)
+    clips = [tone_clip(np.random.default_rng(k), 8 * CFG.audio.hop_size, CFG.audio.sampling_rate) for k in range(2)]
+    nan_mel = np.full((8, CFG.audio.num_mels), np.nan, np.float32)
+    write_shards(tmp_path, CFG, {"train": clips, "val": clips}, mels={"train": [(nan_mel, nan_mel)] * 2,
+                                                                      "val": [(nan_mel, nan_mel)] * 2})
+    with pytest.raises(TrainingError, match="non-finite loss at step 1 .*ckpt-1"):
+        train(CFG, options(tmp_path, path, 4, checkpoint_interval=1), trainer=trainer)
+    assert sorted(os.path.basename(p) for p in glob.glob(str(path / "ckpt-*.index"))) == ["ckpt-0.index",
+                                                                                           "ckpt-1.index"]
+    restored = Trainer(CFG)
+    tf.train.Checkpoint(generator=restored.generator).restore(ckpt_lib.latest_checkpoint(str(path))).expect_partial()
+    for a, b in zip(good, [v.numpy() for v in restored.generator.weights]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fine_tuning_from_a_generator_only_checkpoint(setup, tmp_path, caplog):
+    trainer, root = setup
+    # A clean state (the shared trainer may hold what an earlier test left): the step-0 checkpoint.
+    trainer.checkpoint.restore(ckpt_lib.latest_checkpoint(str(root / "init")))
+    converted = tmp_path / "converted"
+    source = tf.train.Checkpoint(generator=trainer.generator, step=tf.Variable(7, dtype=tf.int64),
+                                 epoch=tf.Variable(3, dtype=tf.int64))
+    tf.train.CheckpointManager(source, str(converted), 1, checkpoint_name="ckpt").save()
+    tone_shards(tmp_path / "teacher", CFG, num_train=2, num_val=1, frames=(6, 10), teacher_forced=True)
+    with caplog.at_level(logging.INFO, logger="hifigan.train"):
+        train(CFG, options(tmp_path / "teacher", tmp_path / "ft", 1, fine_tuning=True, init_from=str(converted)),
+              trainer=trainer)
+    assert "no discriminator weights" in caplog.text
+    assert int(trainer.step) == 1 and int(trainer.epoch) == 0  # schedule afresh
+    train(CFG, options(tmp_path / "teacher", tmp_path / "ft_keep", 9, fine_tuning=True, init_from=str(converted),
+                       keep_schedule=True), trainer=trainer)
+    assert len(trainer.history) == 2 and int(trainer.step) == 9
+    assert json.loads((tmp_path / "ft" / "audio_fingerprint.json").read_text()) == CFG.audio.fingerprint()
+    generator, cfg = ckpt_lib.restore_generator(str(tmp_path / "ft"))
+    assert cfg.audio == CFG.audio and not generator.weight_norm
+
+
+def test_validation_writes_tensorboard_logs(setup):
+    trainer, root = setup
+    path = start(setup, "logs")
+    train(CFG, options(root / "data", path, 2, validation_interval=1, summary_interval=1), trainer=trainer)
+    tags = set()
+    for event_file in glob.glob(str(path / "logs" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(event_file):
+            tags.update(v.tag for v in event.summary.value)
+    expected = {"training/gen_loss_total", "training/mel_spec_error", "training/disc_loss_total",
+                "training/d_real_score", "training/grad_norm_g", "training/learning_rate",
+                "validation/mel_spec_error", "validation/stft_distance", "gt/y_0", "generated/y_hat_0/audio",
+                "generated/y_hat_0/mel"}
+    assert expected <= tags, expected - tags
+
+
+def run_cli(*args):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "run_train.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
+    return proc.returncode, lines
+
+
+def test_cli_refuses_shards_of_another_fingerprint(tmp_path):
+    other = debug_config(fmax=3000)
+    tone_shards(tmp_path, CFG, num_train=2, num_val=1, fingerprint_cfg=other)
+    rc, lines = run_cli("--config", config_file(tmp_path, CFG), "--data_dir", str(tmp_path),
+                        "--checkpoint_path", str(tmp_path / "ckpt"))
+    assert rc == 2 and len(lines) == 1
+    assert "fmax is 3000.0 in the shards but 4000.0 in the config" in lines[0]
+
+
+def test_cli_refuses_fine_tuning_on_ground_truth_shards(tmp_path):
+    tone_shards(tmp_path, CFG, num_train=2, num_val=1, teacher_forced=False)
+    rc, lines = run_cli("--config", config_file(tmp_path, CFG), "--data_dir", str(tmp_path), "--fine_tuning",
+                        "--checkpoint_path", str(tmp_path / "ckpt"))
+    assert rc == 2 and len(lines) == 1 and "--fine_tuning needs teacher-forced shards" in lines[0]
+
+
+@pytest.mark.parametrize("preset", ["v1_16k", "v1_24k", "v1_44k"])
+def test_presets_train(preset, tmp_path):
+    """Each preset validates and trains (channels and segment shrunk so that it is fast)."""
+    full = load_config(os.path.join(ROOT, "configs", f"{preset}.json"))
+    raw = {**full.raw, "upsample_initial_channel": 32, "segment_size": 4 * full.audio.hop_size, "batch_size": 1,
+           "mpd_periods": [2]}
+    cfg = debug_config(**raw)
+    tone_shards(tmp_path / "data", cfg, num_train=1, num_val=1, frames=(4, 6))
+    # One step: running it eagerly is quicker than tracing it.
+    tf.config.run_functions_eagerly(True)
+    try:
+        trainer = train(cfg, options(tmp_path / "data", tmp_path / "ckpt", 1))
+    finally:
+        tf.config.run_functions_eagerly(False)
+    assert len(trainer.history) == 1 and np.isfinite(trainer.history[0]["gen_loss_total"])
+    assert trainer.generator(tf.zeros([1, 4, cfg.audio.num_mels])).shape == (1, 4 * cfg.audio.hop_size, 1)
