@@ -1,0 +1,145 @@
+"""Inference speed on CPU: real-time factor (seconds of audio per wall-clock second) of the V1, V2 and V3
+generators on 10 s of mel, eager vs tf.function vs XLA vs each TFLite flavour, and, given the original's checkout
+and a Python with torch, the original generator on the same input in the same run.
+
+    .venv/bin/python benchmarks/bench_inference.py --reference_repo /work/ref \
+        --reference_python /work/torchvenv/bin/python
+
+Weights are random (speed does not depend on them); weight norm is folded as for inference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from model.export import TFLITE_QUANTIZATIONS
+
+ORIGINAL = "original (torch)"
+
+# Runs in the reference's Python: builds the original Generator, removes weight norm and times it.
+REFERENCE_SCRIPT = r"""
+import json, sys, time, types, importlib.util, os
+import numpy as np, torch
+repo, config_path, mel_path, repeats, threads = sys.argv[1:6]
+torch.set_num_threads(int(threads))
+for name in ("matplotlib", "matplotlib.pylab"):
+    stub = types.ModuleType(name); stub.use = lambda *a, **k: None; stub.pylab = stub
+    sys.modules.setdefault(name, stub)
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(repo, name + ".py"))
+    module = importlib.util.module_from_spec(spec); sys.modules[name] = module; spec.loader.exec_module(module)
+    return module
+load("utils"); models = load("models")
+class H(dict):
+    __getattr__ = dict.__getitem__
+generator = models.Generator(H(json.load(open(config_path))))
+generator.eval(); generator.remove_weight_norm()
+mel = torch.from_numpy(np.load(mel_path)).transpose(1, 2).contiguous()  # [1, num_mels, frames]
+times = []
+with torch.inference_mode():
+    generator(mel)
+    for _ in range(int(repeats)):
+        start = time.perf_counter(); generator(mel); times.append(time.perf_counter() - start)
+print(json.dumps({"seconds": min(times)}))
+"""
+
+
+def _time(label: str, fn, repeats: int) -> float:
+    fn()  # warm-up (tracing, XLA compilation, allocation)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    logging.info("%s: %.2f s per call", label, best)
+    return best
+
+
+def bench_config(name: str, config_path: str, args) -> dict[str, float]:
+    """Seconds per 10 s-of-mel call for each way of running the generator."""
+    import tensorflow as tf
+
+    from model.export import TFLiteVocoder, example_mel, tflite_bytes
+    from model.generator import Generator
+    from pipeline.config import load_config
+
+    cfg = load_config(config_path)
+    frames = int(round(args.seconds * cfg.audio.sampling_rate / cfg.audio.hop_size))
+    mel = example_mel(cfg, frames, batch=1)
+    generator = Generator(cfg.generator)
+    generator.build((None, None, cfg.audio.num_mels))
+    generator.remove_weight_norm()
+    spec = [tf.TensorSpec([None, None, cfg.audio.num_mels], tf.float32)]
+
+    def forward(mel):
+        return generator(mel, training=False)
+
+    compiled = tf.function(forward, input_signature=spec)
+    xla = tf.function(forward, input_signature=spec, jit_compile=True)
+    x = tf.constant(mel)
+    results = {
+        "eager": _time(f"{name} eager", lambda: generator(x, training=False).numpy(), args.repeats),
+        "tf.function": _time(f"{name} tf.function", lambda: compiled(x).numpy(), args.repeats),
+        "xla": _time(f"{name} xla", lambda: xla(x).numpy(), args.repeats),
+    }
+    for quantization in args.tflite:
+        runner = TFLiteVocoder(tflite_bytes(generator, cfg, quantization), num_threads=args.threads)
+        results[f"tflite_{quantization}"] = _time(f"{name} tflite {quantization}", lambda: runner(mel),
+                                                  args.repeats)
+    if args.reference_repo:
+        with tempfile.TemporaryDirectory() as tmp:
+            mel_path = os.path.join(tmp, "mel.npy")
+            np.save(mel_path, mel)
+            out = subprocess.run([args.reference_python, "-c", REFERENCE_SCRIPT, args.reference_repo, config_path,
+                                  mel_path, str(args.repeats), str(args.threads)],
+                                 capture_output=True, text=True, check=True)
+            results[ORIGINAL] = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+            logging.info("%s original: %.2f s per call", name, results[ORIGINAL])
+    return {way: args.seconds / seconds for way, seconds in results.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=["configs/v1.json", "configs/v2.json", "configs/v3.json"],
+                        help="generator configs to time")
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio seconds of mel per call")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (TF intra-op, TFLite, torch)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per way (the best is kept)")
+    parser.add_argument("--tflite", nargs="*", default=list(TFLITE_QUANTIZATIONS), choices=TFLITE_QUANTIZATIONS,
+                        help="TFLite flavours to time (none: skip TFLite)")
+    parser.add_argument("--reference_repo", default=None, help="checkout of jik876/hifi-gan to time the original")
+    parser.add_argument("--reference_python", default=sys.executable, help="a Python with torch for the original")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    table = {}
+    for config in args.configs:
+        name = os.path.splitext(os.path.basename(config))[0].upper()
+        table[name] = bench_config(name, config, args)
+    ways = list(next(iter(table.values())))
+    print(f"\nreal-time factor (audio s / wall s), {args.seconds:g} s of mel, {args.threads} CPU threads, best of "
+          f"{args.repeats}")
+    print(f"{'':22s}" + "".join(f"{name:>10s}" for name in table))
+    for way in ways:
+        print(f"{way:22s}" + "".join(f"{table[name][way]:10.1f}" for name in table))
+    if args.reference_repo:
+        print("\nspeed-up over the original (same input, same run)")
+        for way in ways:
+            if way != ORIGINAL:
+                print(f"{way:22s}" + "".join(f"{table[name][way] / table[name][ORIGINAL]:9.2f}x" for name in table))
+
+
+if __name__ == "__main__":
+    main()

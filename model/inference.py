@@ -1,0 +1,321 @@
+"""Vocoding with a trained generator: log-mels [frames, num_mels] -> 16-bit WAV files.
+
+One compiled ``tf.function`` with input signature [None, None, num_mels] serves every length and batch size.
+Many inputs are batched by length (sorted, up to a frame budget, padded with LOG_FLOOR_VALUE); long inputs are cut
+into chunks with ``context_frames`` of context on each side, at least the generator's receptive field, so that
+the cross-trimmed chunks add up to what one pass over the whole input gives. The padding of a short item in a
+batch reaches back into its last receptive-field frames; those are recomputed from an unpadded tail window, so
+batched output equals one-by-one output too (both within float rounding, far below 1 LSB of 16 bits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+import soundfile as sf
+import tensorflow as tf
+from tqdm import tqdm
+
+from pipeline.audio import AudioError, load_audio
+from pipeline.config import LOG_FLOOR_VALUE, GeneratorConfig, HiFiGANConfig
+from pipeline.mel import MelExtractor
+
+log = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+OUTPUT_SUFFIX = "_generated.wav"
+# Natural-log HiFi-GAN mels of speech: max below ~2.5, min at or above log(1e-5), mean around -5 .. -7.
+MEL_MAX_PLAUSIBLE = 2.5
+MEL_MEAN_PLAUSIBLE = (-10.0, -3.0)
+
+
+class InputError(ValueError):
+    """An input file that cannot be vocoded; the message says why (one line)."""
+
+
+def receptive_field_frames(cfg: GeneratorConfig) -> int:
+    """Mel frames on either side of a frame that can influence its output samples (an upper bound).
+
+    Reaches add up layer by layer, each converted to input frames by the upsampling done before it:
+    conv_pre (kernel 7: 3 frames), every transposed conv (max(k - 1 - p, p) / u + 1 of its input samples),
+    every residual stack (the widest of the parallel blocks; a dilated conv reaches max(p, d (k - 1) - p)),
+    conv_post (3 samples). V1: 15 frames, V2: 15, V3: 12.
+    """
+    def conv_reach(kernel, dilation):
+        pad = (kernel * dilation - dilation) // 2
+        return max(pad, dilation * (kernel - 1) - pad)
+
+    reach, scale = 3.0, 1
+    for rate, kernel in zip(cfg.upsample_rates, cfg.upsample_kernel_sizes):
+        pad = (kernel - rate) // 2
+        reach += (max(kernel - 1 - pad, pad) / rate + 1) / scale
+        scale *= rate
+        stacks = []
+        for size, dilations in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes):
+            units = [conv_reach(size, d) + (conv_reach(size, 1) if cfg.resblock == "1" else 0) for d in dilations]
+            stacks.append(sum(units))
+        reach += max(stacks) / scale
+    reach += 3 / scale
+    return math.ceil(reach)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Window:
+    """Frames [start, stop) of item ``item`` go through the generator; frames [keep_start, keep_stop) are kept."""
+
+    item: int
+    start: int
+    stop: int
+    keep_start: int
+    keep_stop: int
+
+    @property
+    def frames(self) -> int:
+        return self.stop - self.start
+
+
+class Vocoder:
+    """mel [frames, num_mels] -> audio [frames * hop_size] with a generator whose weight norm is folded.
+
+    ``max_batch_frames`` bounds batch size x padded length of a batch; inputs longer than ``chunk_frames`` are
+    vocoded in chunks of that many frames plus ``context_frames`` (default: the receptive field) on each side.
+    ``jit_compile`` compiles with XLA (one compilation per distinct input shape). ``backend="tflite"`` runs the
+    generator converted to a float32 TFLite model instead (XNNPACK; see benchmarks/bench_inference.py for the
+    speed of each way; the conversion takes ~30 s for V1).
+    """
+
+    def __init__(self, generator, cfg: HiFiGANConfig, max_batch_frames: int = 8192, chunk_frames: int = 2048,
+                 context_frames: int | None = None, jit_compile: bool = False, backend: str = "tf",
+                 num_threads: int | None = None):
+        if getattr(generator, "weight_norm", False):
+            generator.remove_weight_norm()
+        self.generator = generator
+        self.num_mels, self.hop_size = cfg.audio.num_mels, cfg.audio.hop_size
+        self.context = receptive_field_frames(cfg.generator) if context_frames is None else context_frames
+        self.chunk_frames = chunk_frames
+        self.max_batch_frames = max_batch_frames
+        spec = tf.TensorSpec([None, None, self.num_mels], tf.float32, name="mel")
+        self.generate = tf.function(self._generate, input_signature=[spec], jit_compile=jit_compile)
+        if backend == "tf":
+            self._forward = lambda mel: self.generate(tf.constant(mel)).numpy()
+        elif backend == "tflite":
+            from model.export import TFLiteVocoder, tflite_bytes
+
+            self._forward = TFLiteVocoder(tflite_bytes(generator, cfg, "float32"), num_threads=num_threads)
+        else:
+            raise ValueError(f"backend {backend!r} is not 'tf' or 'tflite'")
+
+    def _generate(self, mel):
+        """mel [batch, frames, num_mels] -> audio [batch, frames * hop_size]."""
+        return self.generator(mel, training=False)[..., 0]
+
+    def _windows(self, item: int, frames: int) -> list[_Window]:
+        if frames <= self.chunk_frames:
+            return [_Window(item, 0, frames, 0, frames)]
+        return [_Window(item, max(0, s - self.context), min(frames, s + self.chunk_frames + self.context),
+                        s, min(frames, s + self.chunk_frames)) for s in range(0, frames, self.chunk_frames)]
+
+    def _batches(self, windows: list[_Window], same_length: bool) -> list[list[_Window]]:
+        batches: list[list[_Window]] = []
+        for window in sorted(windows, key=lambda w: (w.frames, w.item, w.start)):
+            batch = batches[-1] if batches else None
+            if (batch and (len(batch) + 1) * window.frames <= self.max_batch_frames
+                    and (not same_length or batch[0].frames == window.frames)):
+                batch.append(window)
+            else:
+                batches.append([window])
+        return batches
+
+    def _run(self, mels, outputs, windows, same_length: bool, progress: bool) -> list[_Window]:
+        """Vocodes ``windows`` into ``outputs``; returns the windows whose true end was padded."""
+        hop, padded_ends = self.hop_size, []
+        for batch in tqdm(self._batches(windows, same_length), desc="vocoding", unit="batch",
+                          disable=not progress, leave=False):
+            length = max(w.frames for w in batch)
+            x = np.full((len(batch), length, self.num_mels), LOG_FLOOR_VALUE, np.float32)
+            for b, w in enumerate(batch):
+                x[b, :w.frames] = mels[w.item][w.start:w.stop]
+            y = self._forward(x)
+            for b, w in enumerate(batch):
+                outputs[w.item][w.keep_start * hop:w.keep_stop * hop] = \
+                    y[b, (w.keep_start - w.start) * hop:(w.keep_stop - w.start) * hop]
+                if w.frames < length and w.stop == mels[w.item].shape[0]:
+                    padded_ends.append(w)
+        return padded_ends
+
+    def __call__(self, mels: Sequence[np.ndarray], progress: bool = False) -> list[np.ndarray]:
+        """Each mel float [frames, num_mels] -> float32 audio [frames * hop_size] in (-1, 1)."""
+        for mel in mels:
+            if mel.ndim != 2 or mel.shape[1] != self.num_mels or mel.shape[0] == 0:
+                raise ValueError(f"mel of shape {mel.shape}: expected [frames > 0, {self.num_mels}]")
+        mels = [np.asarray(mel, np.float32) for mel in mels]
+        outputs = [np.empty(mel.shape[0] * self.hop_size, np.float32) for mel in mels]
+        windows = [w for i, mel in enumerate(mels) for w in self._windows(i, mel.shape[0])]
+        padded_ends = self._run(mels, outputs, windows, same_length=False, progress=progress)
+        # NOTE: padding with LOG_FLOOR_VALUE is not the zero padding each convolution sees at a true end, and it
+        # reaches `context` frames back; redo those frames from an unpadded window (batched by equal length).
+        tails = []
+        for w in padded_ends:
+            frames = mels[w.item].shape[0]
+            tails.append(_Window(w.item, max(0, frames - 2 * self.context), frames,
+                                 max(w.keep_start, frames - self.context), frames))
+        self._run(mels, outputs, tails, same_length=True, progress=False)
+        return outputs
+
+
+def to_int16(audio: np.ndarray) -> np.ndarray:
+    """float audio in [-1, 1] -> int16 as the original writes it (x 32768, truncated toward zero).
+
+    NOTE: the original casts audio * 32768 to int16 directly, so a sample of exactly +1.0 (tanh saturates in
+    float32) wraps around to -32768; we clip to [-32768, 32767] first.
+    """
+    return np.clip(np.asarray(audio, np.float32) * 32768.0, -32768.0, 32767.0).astype(np.int16)
+
+
+def write_wav(path: str, audio: np.ndarray, sampling_rate: int) -> None:
+    """Writes float audio [samples] as 16-bit PCM WAV."""
+    sf.write(path, to_int16(audio), sampling_rate, subtype="PCM_16")
+
+
+def mel_warning(mel: np.ndarray) -> str | None:
+    """Why ``mel`` [frames, num_mels] does not look like a natural-log HiFi-GAN mel, or None if it does."""
+    low, high, mean = float(mel.min()), float(mel.max()), float(mel.mean())
+    if high > MEL_MAX_PLAUSIBLE:
+        return f"max {high:.2f} > {MEL_MAX_PLAUSIBLE} (a normalised or dB mel?)"
+    if low < LOG_FLOOR_VALUE - 1e-3:
+        return f"min {low:.2f} below log(1e-5) = {LOG_FLOOR_VALUE:.2f} (another floor or log base?)"
+    if not MEL_MEAN_PLAUSIBLE[0] <= mean <= MEL_MEAN_PLAUSIBLE[1]:
+        return f"mean {mean:.2f} far from the typical -5 .. -7 (a normalised or log10 mel?)"
+    if low > LOG_FLOOR_VALUE + 4 and high - low < 7:
+        return f"values in [{low:.2f}, {high:.2f}]: min well above log(1e-5) with a small range (log10?)"
+    return None
+
+
+def load_mel_file(path: str, num_mels: int) -> np.ndarray:
+    """A .npy mel as float32 [frames, num_mels]; accepts (num_mels, T) (the original's), (1, num_mels, T),
+    (T, num_mels) and (1, T, num_mels), told apart by num_mels. Raises InputError."""
+    try:
+        mel = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"unreadable .npy ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__})") \
+            from None
+    if mel.ndim == 3 and mel.shape[0] == 1:
+        mel = mel[0]
+    if mel.ndim != 2:
+        raise InputError(f"shape {list(mel.shape)} is not a mel (expected (num_mels, T) or (T, num_mels))")
+    if not np.issubdtype(mel.dtype, np.floating):
+        raise InputError(f"dtype {mel.dtype} is not floating point")
+    if mel.shape[0] == num_mels:
+        # NOTE: a square mel (T == num_mels) is taken in the original's (num_mels, T) layout.
+        mel = mel.T
+    elif mel.shape[1] != num_mels:
+        raise InputError(f"shape {list(mel.shape)} has no axis of num_mels = {num_mels}")
+    if mel.shape[0] == 0:
+        raise InputError("empty mel (0 frames)")
+    if not np.all(np.isfinite(mel)):
+        raise InputError("mel holds NaN or infinite values")
+    return np.ascontiguousarray(mel, np.float32)
+
+
+def mel_from_audio_file(path: str, extractor: MelExtractor) -> np.ndarray:
+    """Copy synthesis input: decode, resample, peak-normalise like training, then the training mel."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise InputError(f"unreadable ({e.strerror or e})") from None
+    try:
+        # NOTE: the original's inference.py does not peak-normalise; we use the training pipeline's audio.
+        audio = load_audio(data, extractor.audio.sampling_rate, normalise=True)
+        mel, _ = extractor(audio)
+    except AudioError as e:
+        raise InputError(f"{e.reason}: {e}") from None
+    except ValueError as e:  # too short for the STFT's reflect padding
+        raise InputError(f"too short: {e}") from None
+    return mel
+
+
+@dataclasses.dataclass
+class InferenceResult:
+    written: list[str]
+    failed: list[tuple[str, str]]
+
+
+def _list_inputs(directory: str, extensions: tuple[str, ...], filelist: str | None = None) -> list[str]:
+    """The input files: every file of ``directory`` with one of ``extensions``, or those a filelist names
+    (the original's ``id|text`` lines; a bare id gets the first extension)."""
+    if not os.path.isdir(directory):
+        raise InputError(f"{directory}: not a directory")
+    if filelist is None:
+        names = sorted(n for n in os.listdir(directory) if n.lower().endswith(extensions))
+        if not names:
+            raise InputError(f"{directory}: no {'/'.join(extensions)} files")
+        return [os.path.join(directory, n) for n in names]
+    from pipeline.filelist import FilelistError, read_lines
+
+    try:
+        lines = [line.split("|", 1)[0].strip() for line in read_lines(filelist) if line.strip()]
+    except FilelistError as e:
+        raise InputError(str(e)) from None
+    if not lines:
+        raise InputError(f"{filelist}: empty filelist")
+    paths = []
+    for listed in lines:
+        stem, ext = os.path.splitext(os.path.basename(listed))
+        paths.append(os.path.join(directory, stem + (ext if ext.lower() in extensions else extensions[0])))
+    return paths
+
+
+def vocode_files(vocoder: Vocoder, cfg: HiFiGANConfig, output_dir: str, input_wavs_dir: str | None = None,
+                 input_mels_dir: str | None = None, filelist: str | None = None,
+                 group_frames: int = 200_000) -> InferenceResult:
+    """Vocodes every audio file of ``input_wavs_dir`` (copy synthesis) or every .npy of ``input_mels_dir`` (or
+    only those ``filelist`` names) into ``output_dir/<stem>_generated.wav``. Bad or missing files are logged
+    with their reason and skipped.
+
+    Inputs are read first (mels are ~1/3 of the audio's size), sorted by length and vocoded in groups of about
+    ``group_frames`` frames, each group written before the next starts.
+    """
+    if (input_wavs_dir is None) == (input_mels_dir is None):
+        raise InputError("give exactly one of input_wavs_dir and input_mels_dir")
+    paths = _list_inputs(input_wavs_dir, AUDIO_EXTENSIONS, filelist) if input_wavs_dir else \
+        _list_inputs(input_mels_dir, (".npy",), filelist)
+    extractor = MelExtractor(cfg.audio) if input_wavs_dir else None
+    mels, failed = {}, []
+    for path in tqdm(paths, desc="reading", unit="file", disable=len(paths) < 20):
+        try:
+            if not os.path.isfile(path):
+                raise InputError("not found")
+            if extractor is not None:
+                mels[path] = mel_from_audio_file(path, extractor)
+            else:
+                mels[path] = load_mel_file(path, cfg.audio.num_mels)
+                warning = mel_warning(mels[path])
+                if warning:
+                    log.warning("%s: does not look like a natural-log HiFi-GAN mel: %s", path, warning)
+        except InputError as e:
+            log.error("%s: %s", path, e)
+            failed.append((path, str(e)))
+    os.makedirs(output_dir, exist_ok=True)
+    order = sorted(mels, key=lambda p: mels[p].shape[0])
+    groups, current, size = [], [], 0
+    for path in order:
+        if current and size + mels[path].shape[0] > group_frames:
+            groups.append(current)
+            current, size = [], 0
+        current.append(path)
+        size += mels[path].shape[0]
+    if current:
+        groups.append(current)
+    written = []
+    for group in tqdm(groups, desc="vocoding", unit="group", disable=len(groups) < 2):
+        for path, audio in zip(group, vocoder([mels[p] for p in group], progress=len(groups) < 2)):
+            out = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + OUTPUT_SUFFIX)
+            write_wav(out, audio, cfg.audio.sampling_rate)
+            written.append(out)
+    return InferenceResult(written=written, failed=failed)

@@ -1,0 +1,44 @@
+"""Export a checkpoint's generator as a SavedModel or TFLite model (mel [batch, frames, num_mels] -> audio
+[batch, samples], any length), checked against the Keras model on a test input.
+
+    python run_export.py --checkpoint checkpoints/lj_v1 --format saved_model --output exported/lj_v1
+    python run_export.py --checkpoint checkpoints/lj_v1 --format tflite --output exported/tflite
+    python run_export.py --checkpoint checkpoints/lj_v1 --format tflite --tflite_quantization float16 \
+        --output exported/lj_v1_fp16.tflite
+"""
+
+import argparse
+import logging
+import sys
+
+from model.checkpoint import CheckpointError, restore_generator
+from model.export import TFLITE_QUANTIZATIONS, ExportError, export
+from pipeline.config import ConfigError, load_config
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (its latest checkpoint is used)")
+    parser.add_argument("--config", default=None, help="config JSON (default: config.json beside the checkpoint)")
+    parser.add_argument("--format", required=True, choices=("saved_model", "tflite"), help="export format")
+    parser.add_argument("--output", required=True,
+                        help="SavedModel directory; .tflite path for one quantization, else a directory")
+    parser.add_argument("--tflite_quantization", choices=(*TFLITE_QUANTIZATIONS, "all"), default="all",
+                        help="TFLite flavour: float32, float16 weights, dynamic-range int8 weights, or all three")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quantizations = TFLITE_QUANTIZATIONS if args.tflite_quantization == "all" else (args.tflite_quantization,)
+    try:
+        cfg = load_config(args.config) if args.config else None
+        generator, cfg = restore_generator(args.checkpoint, cfg)
+        results = export(generator, cfg, args.format, args.output, quantizations)
+    except (ConfigError, CheckpointError, ExportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path, diff in results.items():
+        print(f"{path}: max |export - keras| = {diff:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

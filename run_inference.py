@@ -1,0 +1,53 @@
+"""Vocode WAVs (copy synthesis) or .npy mels with a trained or converted checkpoint.
+
+    python run_inference.py --checkpoint checkpoints/lj_v1 --input_wavs_dir wavs --output_dir generated
+    python run_inference.py --checkpoint checkpoints/lj_v1 --input_mels_dir mels --output_dir generated
+
+Writes <stem>_generated.wav (16-bit PCM at the config's sampling rate). Exit status 1 if any input failed.
+"""
+
+import argparse
+import logging
+import sys
+
+from model.checkpoint import CheckpointError, restore_generator
+from model.inference import InputError, Vocoder, vocode_files
+from pipeline.config import ConfigError, load_config
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (its latest checkpoint is used)")
+    parser.add_argument("--config", default=None, help="config JSON (default: config.json beside the checkpoint)")
+    parser.add_argument("--output_dir", required=True, help="where <stem>_generated.wav files are written")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input_wavs_dir", help="audio files to re-synthesise from their mels (copy synthesis)")
+    source.add_argument("--input_mels_dir", help=".npy log-mels, (num_mels, T) / (1, num_mels, T) / (T, num_mels)")
+    parser.add_argument("--input_filelist", default=None,
+                        help="only the clips this filelist names (the original's id|text lines), from the input dir")
+    parser.add_argument("--max_batch_frames", type=int, default=8192,
+                        help="batch size x padded frames per generator call")
+    parser.add_argument("--chunk_frames", type=int, default=2048,
+                        help="longer inputs are vocoded in chunks of this many frames (plus context)")
+    parser.add_argument("--jit_compile", action="store_true", help="compile the generator with XLA")
+    parser.add_argument("--backend", choices=("tf", "tflite"), default="tf",
+                        help="run the generator in TensorFlow, or converted to float32 TFLite (XNNPACK; the "
+                             "conversion takes ~30 s for V1)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config) if args.config else None
+        generator, cfg = restore_generator(args.checkpoint, cfg)
+        vocoder = Vocoder(generator, cfg, max_batch_frames=args.max_batch_frames, chunk_frames=args.chunk_frames,
+                          jit_compile=args.jit_compile, backend=args.backend)
+        result = vocode_files(vocoder, cfg, args.output_dir, args.input_wavs_dir, args.input_mels_dir,
+                              args.input_filelist)
+    except (ConfigError, CheckpointError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(result.written)} files to {args.output_dir}; {len(result.failed)} failed")
+    return 1 if result.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Inference: receptive field, batching and chunking equal to one pass, run_inference.py on WAVs and on mels in
+every layout, bad inputs reported while the rest are written. The generator is the original's tiny fixture
+generator converted from tests/fixtures/ckpt_g_zip (hop 16, 8 kHz, 80 mels)."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import run_inference
+from conftest import chirp_with_noise, write_audio
+from model.checkpoint import restore_generator
+from model.convert import convert
+from model.inference import Vocoder, mel_warning, receptive_field_frames, to_int16
+from pipeline.audio import load_audio
+from pipeline.config import load_config
+from pipeline.mel import MelExtractor
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+# Same float32 computation in a different batch / length: oneDNN may round differently, ~1e-7 of full scale.
+SAME_ATOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("inference") / "ckpt")
+    convert(load_config(os.path.join(FIXTURES, "ckpt_config.json")), os.path.join(FIXTURES, "ckpt_g_zip"), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return restore_generator(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def expected():
+    with np.load(os.path.join(FIXTURES, "ckpt_parity.npz")) as data:
+        return dict(data)
+
+
+def _random_mels(lengths, num_mels, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(-11.0, 1.0, (n, num_mels)).astype(np.float32) for n in lengths]
+
+
+def test_receptive_field_bounds_the_influence_of_a_frame(model):
+    generator, cfg = model
+    vocoder = Vocoder(generator, cfg)
+    reach, hop = receptive_field_frames(cfg.generator), cfg.audio.hop_size
+    (mel,) = _random_mels([160], cfg.audio.num_mels)
+    changed = mel.copy()
+    changed[80] += 3.0
+    diff = np.abs(vocoder.generate(changed[None]).numpy()[0] - vocoder.generate(mel[None]).numpy()[0])
+    touched = np.flatnonzero(diff > 0)
+    assert touched.min() >= (80 - reach) * hop and touched.max() < (80 + reach + 1) * hop
+    assert touched.max() - touched.min() > reach * hop  # the bound is not loose by more than half
+
+
+def test_batched_equals_one_by_one(model):
+    generator, cfg = model
+    mels = _random_mels([37, 5, 120, 64, 301, 64], cfg.audio.num_mels, seed=1)
+    vocoder = Vocoder(generator, cfg, max_batch_frames=700, chunk_frames=10_000)
+    windows = [w for i, mel in enumerate(mels) for w in vocoder._windows(i, len(mel))]
+    assert len(vocoder._batches(windows, same_length=False)) < len(mels)  # some batches hold several, padded
+    batched = vocoder(mels)
+    for mel, audio in zip(mels, batched):
+        alone = vocoder.generate(mel[None]).numpy()[0]
+        assert audio.shape == (mel.shape[0] * cfg.audio.hop_size,)
+        np.testing.assert_allclose(audio, alone, rtol=0, atol=SAME_ATOL)
+    assert vocoder.generate.experimental_get_tracing_count() == 1  # one trace for every batch size and length
+
+
+def test_chunked_long_input_equals_one_pass(model):
+    generator, cfg = model
+    (mel,) = _random_mels([700], cfg.audio.num_mels, seed=2)
+    one_pass = Vocoder(generator, cfg).generate(mel[None]).numpy()[0]
+    chunked = Vocoder(generator, cfg, chunk_frames=64)([mel])[0]
+    np.testing.assert_allclose(chunked, one_pass, rtol=0, atol=SAME_ATOL)
+    assert np.abs(to_int16(chunked).astype(int) - to_int16(one_pass).astype(int)).max() <= 1
+    # Without context the chunk seams show: the context is what makes it exact.
+    seams = Vocoder(generator, cfg, chunk_frames=64, context_frames=0)([mel])[0]
+    assert np.abs(seams - one_pass).max() > 1e-3
+
+
+def test_to_int16_clips_instead_of_wrapping():
+    np.testing.assert_array_equal(to_int16(np.array([1.0, -1.0, 0.5, -0.49999])), [32767, -32768, 16384, -16383])
+
+
+def test_copy_synthesis_of_wavs_with_bad_files_reported(checkpoint, model, tmp_path, caplog):
+    generator, cfg = model
+    sr = cfg.audio.sampling_rate
+    wavs = tmp_path / "wavs"
+    clips = {"short": chirp_with_noise(0.2, sr, seed=1), "long": chirp_with_noise(0.45, sr, seed=2)}
+    for name, audio in clips.items():
+        write_audio(wavs / f"{name}.wav", audio, sr)
+    write_audio(wavs / "resampled.flac", chirp_with_noise(0.3, 16000, seed=3), 16000, subtype="PCM_16")
+    write_audio(wavs / "silent.wav", np.zeros(2000, np.float32), sr)
+    (wavs / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.ERROR):
+        code = run_inference.main(["--checkpoint", checkpoint, "--input_wavs_dir", str(wavs),
+                                   "--output_dir", str(out)])
+    assert code == 1
+    assert sorted(os.listdir(out)) == ["long_generated.wav", "resampled_generated.wav", "short_generated.wav"]
+    errors = {r.getMessage().split(":")[0] for r in caplog.records if r.levelno == logging.ERROR}
+    assert errors == {str(wavs / "silent.wav"), str(wavs / "broken.wav")}
+    assert any("silent" in r.getMessage() for r in caplog.records)
+    extractor = MelExtractor(cfg.audio)
+    for name in ("short", "long"):
+        written, rate = sf.read(out / f"{name}_generated.wav", dtype="int16")
+        info = sf.info(str(out / f"{name}_generated.wav"))
+        assert rate == sr and info.subtype == "PCM_16"
+        with open(wavs / f"{name}.wav", "rb") as f:
+            mel, _ = extractor(load_audio(f.read(), sr, normalise=True))
+        assert written.shape == (mel.shape[0] * cfg.audio.hop_size,)
+        want = to_int16(generator(mel[None]).numpy()[0, :, 0])
+        assert np.abs(written.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_mels_in_every_layout_match_the_original(checkpoint, model, expected, tmp_path, caplog):
+    _, cfg = model
+    mel = expected["generator/mel"]  # the original's layout [num_mels, frames]
+    mels = tmp_path / "mels"
+    mels.mkdir()
+    np.save(mels / "a_orig.npy", mel)
+    np.save(mels / "b_batch.npy", mel[None])
+    np.save(mels / "c_frames_first.npy", mel.T)
+    np.save(mels / "d_log10.npy", mel / np.log(10.0))  # a log10 mel: vocoded, with a warning
+    np.save(mels / "e_wrong_count.npy", mel[:-1])
+    np.save(mels / "f_empty.npy", mel[:, :0])
+    np.save(mels / "g_nan.npy", np.where(np.arange(mel.shape[1]) == 3, np.nan, mel))
+    (mels / "h_corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        code = run_inference.main(["--checkpoint", checkpoint, "--input_mels_dir", str(mels),
+                                   "--output_dir", str(out)])
+    assert code == 1
+    stems = ["a_orig", "b_batch", "c_frames_first", "d_log10"]
+    assert sorted(os.listdir(out)) == [f"{s}_generated.wav" for s in stems]
+    failed = {r.getMessage().split(":")[0]: r.getMessage() for r in caplog.records if r.levelno == logging.ERROR}
+    assert sorted(failed) == [str(mels / f"{s}.npy") for s in ("e_wrong_count", "f_empty", "g_nan", "h_corrupt")]
+    assert "num_mels = 80" in failed[str(mels / "e_wrong_count.npy")]
+    assert "NaN" in failed[str(mels / "g_nan.npy")] and "empty" in failed[str(mels / "f_empty.npy")]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "model.inference"]
+    assert len(warned) == 1 and "d_log10.npy" in warned[0]
+    reference = expected["generator/audio_int16"].astype(int)
+    for stem in stems[:3]:
+        audio, rate = sf.read(out / f"{stem}_generated.wav", dtype="int16")
+        assert rate == cfg.audio.sampling_rate
+        assert np.abs(audio.astype(int) - reference).max() <= 1
+
+
+def test_mel_statistics_warning():
+    rng = np.random.default_rng(0)
+    natural = np.maximum(rng.normal(-6.0, 1.5, (200, 80)), np.log(1e-5))
+    assert mel_warning(natural) is None
+    assert "max" in mel_warning(rng.uniform(-4, 4, (200, 80)))  # normalised to [-4, 4]
+    assert "mean" in mel_warning(rng.uniform(0, 1, (200, 80)))  # normalised to [0, 1]
+    assert mel_warning(natural / np.log(10.0)) is not None  # log10
+    assert "below log(1e-5)" in mel_warning(natural - 20.0)
+
+
+def test_filelist_selects_inputs_and_reports_missing_ones(checkpoint, expected, tmp_path, caplog):
+    mels = tmp_path / "mels"
+    mels.mkdir()
+    for stem in ("LJ001-0001", "LJ001-0002"):
+        np.save(mels / f"{stem}.npy", expected["generator/mel"])
+    filelist = tmp_path / "val.txt"
+    filelist.write_text("LJ001-0002|some text|some text\nLJ009-0009|missing|missing\n")
+    with caplog.at_level(logging.ERROR):
+        code = run_inference.main(["--checkpoint", checkpoint, "--input_mels_dir", str(mels), "--input_filelist",
+                                   str(filelist), "--output_dir", str(tmp_path / "out")])
+    assert code == 1 and os.listdir(tmp_path / "out") == ["LJ001-0002_generated.wav"]
+    assert [r.getMessage() for r in caplog.records if r.name == "model.inference"] == \
+        [f"{mels / 'LJ009-0009.npy'}: not found"]
+
+
+def test_tflite_backend_equals_tensorflow(model):
+    generator, cfg = model
+    mels = _random_mels([37, 200, 64], cfg.audio.num_mels, seed=3)
+    tf_out = Vocoder(generator, cfg, max_batch_frames=300, chunk_frames=64)(mels)
+    tflite_out = Vocoder(generator, cfg, max_batch_frames=300, chunk_frames=64, backend="tflite")(mels)
+    for a, b in zip(tflite_out, tf_out):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)  # float32 in both; XNNPACK rounds differently
