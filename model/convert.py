@@ -57,8 +57,8 @@ def build_models(cfg: HiFiGANConfig, generator_path: str, discriminator_path: st
     objects = {"generator": generator, "step": 0, "epoch": 0}
     if discriminator_path:
         do = load_torch_file(discriminator_path)
-        mpd = MultiPeriodDiscriminator(cfg.discriminator.mpd_periods)
-        msd = MultiScaleDiscriminator()
+        mpd = MultiPeriodDiscriminator(cfg.discriminator.mpd_periods, cfg.discriminator.channel_divisor)
+        msd = MultiScaleDiscriminator(cfg.discriminator.channel_divisor)
         mpd.build()
         msd.build()
         _load_into(load_mpd_state, mpd, state_dict(do, "mpd", discriminator_path), discriminator_path, "mpd")

@@ -25,16 +25,16 @@ class DiscriminatorP(keras.layers.Layer):
     """Period discriminator: audio [batch, samples, 1] -> [batch, ceil(samples / period), period, 1] 2-D view,
     then (k, 1) convolutions along time. Feature maps are [batch, time', period, channels]."""
 
-    def __init__(self, period, kernel_size=5, stride=3, use_spectral_norm=False, **kwargs):
+    def __init__(self, period, kernel_size=5, stride=3, use_spectral_norm=False, channel_divisor=1, **kwargs):
         super().__init__(**kwargs)
         self.period, self.kernel_size, self.stride = period, kernel_size, stride
-        self.use_spectral_norm = use_spectral_norm
+        self.use_spectral_norm, self.channel_divisor = use_spectral_norm, channel_divisor
         norm = SpectralNorm if use_spectral_norm else WeightNorm
         # NOTE: the original pads with get_padding(5, 1) whatever kernel_size is; kept.
         pad = get_padding(5, 1)
-        self.convs = [norm(PaddedConv2D(filters, (kernel_size, 1), (stride, 1), pad=pad))
+        self.convs = [norm(PaddedConv2D(filters // channel_divisor, (kernel_size, 1), (stride, 1), pad=pad))
                       for filters in (32, 128, 512, 1024)]
-        self.convs.append(norm(PaddedConv2D(1024, (kernel_size, 1), 1, pad=2)))
+        self.convs.append(norm(PaddedConv2D(1024 // channel_divisor, (kernel_size, 1), 1, pad=2)))
         self.conv_post = norm(PaddedConv2D(1, (3, 1), 1, pad=1))
         track_layer_list(self, "convs", self.convs)
 
@@ -54,21 +54,22 @@ class DiscriminatorP(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "period": self.period, "kernel_size": self.kernel_size,
-                "stride": self.stride, "use_spectral_norm": self.use_spectral_norm}
+                "stride": self.stride, "use_spectral_norm": self.use_spectral_norm,
+                "channel_divisor": self.channel_divisor}
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
 class DiscriminatorS(keras.layers.Layer):
     """Scale discriminator: strided, grouped 1-D convolutions. audio [batch, samples, 1] -> (logits, fmaps)."""
 
-    def __init__(self, use_spectral_norm=False, **kwargs):
+    def __init__(self, use_spectral_norm=False, channel_divisor=1, **kwargs):
         super().__init__(**kwargs)
-        self.use_spectral_norm = use_spectral_norm
+        self.use_spectral_norm, self.channel_divisor = use_spectral_norm, channel_divisor
         norm = SpectralNorm if use_spectral_norm else WeightNorm
         # (filters, kernel, stride, groups, pad) of the original's convs.
         specs = [(128, 15, 1, 1, 7), (128, 41, 2, 4, 20), (256, 41, 2, 16, 20), (512, 41, 4, 16, 20),
                  (1024, 41, 4, 16, 20), (1024, 41, 1, 16, 20), (1024, 5, 1, 1, 2)]
-        self.convs = [norm(PaddedConv1D(f, k, s, groups=g, pad=p)) for f, k, s, g, p in specs]
+        self.convs = [norm(PaddedConv1D(f // channel_divisor, k, s, groups=g, pad=p)) for f, k, s, g, p in specs]
         self.conv_post = norm(PaddedConv1D(1, 3, 1, pad=1))
         track_layer_list(self, "convs", self.convs)
 
@@ -83,7 +84,8 @@ class DiscriminatorS(keras.layers.Layer):
         return _flatten(x), fmap
 
     def get_config(self):
-        return {**super().get_config(), "use_spectral_norm": self.use_spectral_norm}
+        return {**super().get_config(), "use_spectral_norm": self.use_spectral_norm,
+                "channel_divisor": self.channel_divisor}
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -109,12 +111,17 @@ class ZeroPaddedAvgPool1D(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(PACKAGE)
 class MultiPeriodDiscriminator(keras.Model):
-    """One DiscriminatorP per period. call(audio [batch, samples, 1]) -> (logits list, feature-map lists)."""
+    """One DiscriminatorP per period. call(audio [batch, samples, 1]) -> (logits list, feature-map lists).
 
-    def __init__(self, periods=(2, 3, 5, 7, 11), **kwargs):
+    ``channel_divisor`` (1, 2, 4 or 8; 1 is the original) divides every layer's channels: a small model for demos
+    and tests on CPU, whose cost is dominated by the discriminators' ~70 M parameters at the original's width.
+    """
+
+    def __init__(self, periods=(2, 3, 5, 7, 11), channel_divisor=1, **kwargs):
         super().__init__(**kwargs)
-        self.periods = tuple(periods)
-        self.discriminators = track_layer_list(self, "discriminators", [DiscriminatorP(p) for p in self.periods])
+        self.periods, self.channel_divisor = tuple(periods), channel_divisor
+        self.discriminators = track_layer_list(
+            self, "discriminators", [DiscriminatorP(p, channel_divisor=channel_divisor) for p in self.periods])
 
     def call(self, audio):
         outputs = [d(audio) for d in self.discriminators]
@@ -125,17 +132,20 @@ class MultiPeriodDiscriminator(keras.Model):
         self.built = True
 
     def get_config(self):
-        return {**super().get_config(), "periods": list(self.periods)}
+        return {**super().get_config(), "periods": list(self.periods), "channel_divisor": self.channel_divisor}
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
 class MultiScaleDiscriminator(keras.Model):
-    """DiscriminatorS on the audio (spectral norm), then on 2x and 4x average-pooled audio (weight norm)."""
+    """DiscriminatorS on the audio (spectral norm), then on 2x and 4x average-pooled audio (weight norm).
+    ``channel_divisor`` as in MultiPeriodDiscriminator."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, channel_divisor=1, **kwargs):
         super().__init__(**kwargs)
-        self.discriminators = track_layer_list(
-            self, "discriminators", [DiscriminatorS(use_spectral_norm=True), DiscriminatorS(), DiscriminatorS()])
+        self.channel_divisor = channel_divisor
+        self.discriminators = track_layer_list(self, "discriminators", [
+            DiscriminatorS(use_spectral_norm=True, channel_divisor=channel_divisor),
+            DiscriminatorS(channel_divisor=channel_divisor), DiscriminatorS(channel_divisor=channel_divisor)])
         self.meanpools = [ZeroPaddedAvgPool1D(4, 2, pad=2), ZeroPaddedAvgPool1D(4, 2, pad=2)]
 
     def call(self, audio, training=None):
@@ -151,3 +161,6 @@ class MultiScaleDiscriminator(keras.Model):
     def build(self, input_shape=None):
         self.call(keras.KerasTensor(input_shape or (None, None, 1)))
         self.built = True
+
+    def get_config(self):
+        return {**super().get_config(), "channel_divisor": self.channel_divisor}

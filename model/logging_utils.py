@@ -50,7 +50,7 @@ def mel_comparison_png(mel: np.ndarray, mel_hat: np.ndarray, title: str = "") ->
         ax.set_ylabel("mel bin")
     fig.colorbar(image, ax=fig.axes)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", bbox_inches="tight")
     return buffer.getvalue()
 
 

@@ -101,8 +101,8 @@ class Trainer:
         with self.strategy.scope():
             with _dtype_policy(mixed_precision):
                 self.generator = Generator(cfg.generator)
-                self.mpd = MultiPeriodDiscriminator(cfg.discriminator.mpd_periods)
-                self.msd = MultiScaleDiscriminator()
+                self.mpd = MultiPeriodDiscriminator(cfg.discriminator.mpd_periods, cfg.discriminator.channel_divisor)
+                self.msd = MultiScaleDiscriminator(cfg.discriminator.channel_divisor)
             self.generator.build(mels)
             self.mpd.build((None, None, 1))
             self.msd.build((None, None, 1))

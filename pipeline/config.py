@@ -21,6 +21,7 @@ LOG_FLOOR = 1e-5
 LOG_FLOOR_VALUE = math.log(LOG_FLOOR)
 # Reflect padding of (n_fft - hop_size) / 2 on each side and no centring: the original's framing.
 PADDING_CONVENTION = "reflect_(n_fft-hop_size)/2_no_center"
+CHANNEL_DIVISORS = (1, 2, 4, 8)
 
 
 class ConfigError(ValueError):
@@ -186,12 +187,21 @@ class DiscriminatorConfig:
     """Multi-period and multi-scale discriminators (not configurable in the original; optional keys here)."""
 
     mpd_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
+    # Divides every discriminator layer's channels (1: the original's width; 2, 4, 8: small CPU demo models).
+    channel_divisor: int = 1
 
     @classmethod
     def from_raw(cls, raw: Mapping[str, Any]) -> "DiscriminatorConfig":
+        values = {}
         if "mpd_periods" in raw:
-            return cls(mpd_periods=_int_list(raw, "mpd_periods"))
-        return cls()
+            values["mpd_periods"] = _int_list(raw, "mpd_periods")
+        if "discriminator_channel_divisor" in raw:
+            divisor = _int(raw, "discriminator_channel_divisor")
+            if divisor not in CHANNEL_DIVISORS:
+                raise ConfigError(f"'discriminator_channel_divisor': must be one of {CHANNEL_DIVISORS} (the "
+                                  f"grouped convolutions need whole channels per group), got {divisor}")
+            values["channel_divisor"] = divisor
+        return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,7 +272,8 @@ REQUIRED_KEYS = frozenset({
     "upsample_kernel_sizes", "upsample_initial_channel", "resblock_kernel_sizes", "resblock_dilation_sizes",
     "segment_size", "num_mels", "n_fft", "hop_size", "win_size", "sampling_rate", "fmin", "fmax", "fmax_for_loss",
 })
-OPTIONAL_KEYS = frozenset({"weight_decay", "mpd_periods"} | {f.name for f in dataclasses.fields(LossConfig)})
+OPTIONAL_KEYS = frozenset({"weight_decay", "mpd_periods", "discriminator_channel_divisor"}
+                          | {f.name for f in dataclasses.fields(LossConfig)})
 
 
 @dataclasses.dataclass(frozen=True)

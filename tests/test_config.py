@@ -67,6 +67,7 @@ CASES = [
     ({"win_size": 2048}, "win_size", "exceeds n_fft"),
     ({"hop_size": 2048, "upsample_rates": [8, 8, 8, 4]}, "hop_size", "exceeds n_fft"),
     ({"mpd_periods": [2, 0]}, "mpd_periods", "positive integers"),
+    ({"discriminator_channel_divisor": 16}, "discriminator_channel_divisor", "one of (1, 2, 4, 8)"),
 ]
 
 
@@ -97,8 +98,10 @@ def test_not_an_object():
 
 
 def test_optional_and_ignored_keys():
-    cfg = config_from_dict(raw_config(mpd_periods=[2, 3], lambda_mel=30, weight_decay=0.0, num_freq=1025))
-    assert cfg.discriminator.mpd_periods == (2, 3)
+    cfg = config_from_dict(raw_config(mpd_periods=[2, 3], lambda_mel=30, weight_decay=0.0, num_freq=1025,
+                                      discriminator_channel_divisor=4))
+    assert cfg.discriminator.mpd_periods == (2, 3) and cfg.discriminator.channel_divisor == 4
+    assert config_from_dict(raw_config()).discriminator.channel_divisor == 1
     assert cfg.loss.lambda_mel == 30.0 and cfg.loss.lambda_feature_matching == 2.0
     assert cfg.optimizer.weight_decay == 0.0
 

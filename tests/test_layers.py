@@ -159,6 +159,23 @@ def test_mpd_config_round_trip():
     assert [d.period for d in clone.discriminators] == [2, 3]
 
 
+@pytest.mark.parametrize("divisor", [2, 8])
+def test_channel_divisor_narrows_every_discriminator_layer(divisor):
+    audio = np.random.default_rng(3).uniform(-0.5, 0.5, (2, 1000, 1)).astype(np.float32)
+    for full, small in ((MultiPeriodDiscriminator((2, 3)), MultiPeriodDiscriminator((2, 3), channel_divisor=divisor)),
+                        (MultiScaleDiscriminator(), MultiScaleDiscriminator(channel_divisor=divisor))):
+        (full_logits, full_fmaps), (logits, fmaps) = full(audio), small(audio)
+        # Same time axes and logits, every hidden layer's channels divided (conv_post keeps its one channel).
+        assert [t.shape for t in logits] == [t.shape for t in full_logits]
+        for fm_full, fm in zip(full_fmaps, fmaps):
+            assert [f.shape[:-1] for f in fm] == [f.shape[:-1] for f in fm_full]
+            assert [f.shape[-1] * divisor for f in fm[:-1]] == [f.shape[-1] for f in fm_full[:-1]]
+        assert small.count_params() < full.count_params() / (divisor ** 2 / 2)
+        clone = type(small).from_config(small.get_config())
+        clone.build()
+        assert clone.count_params() == small.count_params()
+
+
 def test_avg_pool_counts_padding_like_torch():
     x = np.arange(1, 11, dtype=np.float32).reshape(1, 10, 1)
     y = ZeroPaddedAvgPool1D(4, 2, pad=2)(x).numpy()[0, :, 0]
