@@ -40,6 +40,7 @@ bench: install
 
 fixtures:
 	$(TORCH_PYTHON) tools/make_fixtures.py --reference_repo $(REFERENCE_REPO) --out tests/fixtures
+	$(TORCH_PYTHON) -m tools.make_train_step_fixture --reference_repo $(REFERENCE_REPO) --out tests/fixtures
 	$(TORCH_PYTHON) tools/make_checkpoint_fixtures.py --reference_repo $(REFERENCE_REPO) --out tests/fixtures
 
 clean:

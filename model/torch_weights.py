@@ -133,3 +133,32 @@ def load_mpd_state(mpd, state: Mapping[str, np.ndarray]) -> None:
 def load_msd_state(msd, state: Mapping[str, np.ndarray]) -> None:
     """Load the original MultiScaleDiscriminator's state dict (scale 0 spectral-normalised)."""
     _load(msd, _discriminator_layers(msd), state)
+
+
+def _torch_state(layers: Iterator[tuple[str, object]]) -> dict[str, np.ndarray]:
+    state = {}
+    for prefix, layer in layers:
+        conv = layer.layer
+        kernel = conv.kernel.numpy()
+        weight = np.transpose(kernel, (kernel.ndim - 1, kernel.ndim - 2, *range(kernel.ndim - 2)))
+        if isinstance(layer, SpectralNorm):
+            state.update({f"{prefix}.weight_orig": weight, f"{prefix}.weight_u": layer.u.numpy(),
+                          f"{prefix}.weight_v": layer.v.numpy()})
+        elif layer.folded:
+            state[f"{prefix}.weight"] = weight
+        else:
+            state[f"{prefix}.weight_g"] = layer.g.numpy().reshape(-1, *[1] * (weight.ndim - 1))
+            state[f"{prefix}.weight_v"] = weight
+        state[f"{prefix}.bias"] = conv.bias.numpy()
+    return state
+
+
+def generator_torch_state(generator) -> dict[str, np.ndarray]:
+    """The inverse of ``load_generator_state``: ``generator``'s weights as the original's state dict (torch
+    names and layouts)."""
+    return _torch_state(_generator_layers(generator))
+
+
+def discriminator_torch_state(model) -> dict[str, np.ndarray]:
+    """The inverse of ``load_mpd_state`` / ``load_msd_state`` for a MultiPeriod- or MultiScaleDiscriminator."""
+    return _torch_state(_discriminator_layers(model))

@@ -14,8 +14,8 @@ from pipeline import preprocess
 from pipeline.filelist import audio_path, read_filelists
 from pipeline.manifest import MANIFEST_NAME, REJECTED_NAME
 from pipeline.mel import MelExtractor, mel_spectrogram
-from pipeline.preprocess import PreprocessOptions, num_shards_for, shard_of
-from pipeline.schema import parse
+from pipeline.preprocess import PreprocessOptions, local_defaults, num_shards_for, shard_of
+from pipeline.schema import parse, to_example
 from pipeline.teacher import TeacherMelError, teacher_mel_layout
 
 DIRECT = ["--runner", "DirectRunner"]
@@ -111,12 +111,82 @@ def test_shards_follow_crc32_of_id(demo_run):
         assert sorted(seen) == sorted(read_filelist_ids(filelist))
 
 
-def test_multi_processing_runner_writes_the_same_shards(v1_config, demo_run, tmp_path):
-    out, manifest = demo_run
-    beam_args = ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
+@pytest.mark.parametrize("mode,workers", [("in_memory", 1), ("multi_processing", 2)])
+def test_other_running_modes_write_the_same_shards(v1_config, demo_run, tmp_path, mode, workers):
+    out, manifest = demo_run  # DirectRunner's default here: multi_threading, one thread per core
+    beam_args = DIRECT + ["--direct_running_mode", mode, "--direct_num_workers", str(workers)]
     again = run_job(v1_config, tmp_path, {"train": DEMO_TRAIN, "val": DEMO_VAL}, beam_args=beam_args, num_shards=2)
     assert shard_bytes(tmp_path) == shard_bytes(out)
     assert again == manifest
+
+
+def test_shards_are_what_tensorflow_writes(demo_run, tmp_path):
+    """Records and TFRecord framing are written without TensorFlow; TensorFlow's writer gives the same bytes."""
+    out, manifest = demo_run
+    for name in manifest.splits["train"].shards + manifest.splits["val"].shards:
+        path = os.path.join(str(out), name)
+        records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())  # checks both CRCs of every record
+        with tf.io.TFRecordWriter(str(tmp_path / name)) as writer:
+            for record in records:
+                example = tf.train.Example.FromString(record)
+                writer.write(example.SerializeToString(deterministic=True))
+        assert (tmp_path / name).read_bytes() == open(path, "rb").read()
+
+
+@pytest.mark.parametrize("clip_id,frames,audio_encoding", [
+    ("LJ001-0001", 300, "int16"),  # 2-byte varints for num_frames, 3-byte lengths
+    ("", 1, "float32"),  # an empty id and one frame
+    ("naïve-ünïcode" * 12, 2100, "float32"),  # a non-ASCII id of 2-byte length; 4-byte lengths (> 2 MiB audio)
+])
+def test_to_example_is_tensorflows_serialisation(v1_config, clip_id, frames, audio_encoding):
+    num_mels = v1_config.audio.num_mels
+    rng = np.random.default_rng(frames)
+    audio = np.clip(rng.normal(0, 0.4, frames * HOP), -1.1, 1.1).astype(np.float32)  # a few samples clip in int16
+    mel = rng.normal(-5, 2, (frames, num_mels)).astype(np.float32)
+    mel_loss = rng.normal(-5, 2, (frames, num_mels)).astype(np.float32)
+    record = to_example(clip_id, audio, mel, mel_loss, audio_encoding)
+    pcm = np.clip(np.round(audio * 32767.0), -32768, 32767).astype("<i2") if audio_encoding == "int16" else audio
+    features = {"id": clip_id.encode("utf-8"), "audio": pcm.tobytes(), "mel": mel.tobytes(),
+                "mel_loss": mel_loss.tobytes()}
+    example = tf.train.Example(features=tf.train.Features(feature={
+        **{k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v])) for k, v in features.items()},
+        "num_frames": tf.train.Feature(int64_list=tf.train.Int64List(value=[frames]))}))
+    assert record == example.SerializeToString(deterministic=True)
+    parsed = next(tf.data.Dataset.from_tensors(record).map(lambda s: parse(s, num_mels, audio_encoding))
+                  .as_numpy_iterator())
+    assert parsed["id"].decode("utf-8") == clip_id and parsed["num_frames"] == frames
+    np.testing.assert_array_equal(parsed["mel"], mel)
+    np.testing.assert_array_equal(parsed["mel_loss"], mel_loss)
+    expected_audio = pcm.astype(np.float32) / 32767.0 if audio_encoding == "int16" else audio
+    np.testing.assert_array_equal(parsed["audio"], expected_audio)
+
+
+def test_the_job_does_not_import_tensorflow(tmp_path):
+    """Beam workers start without TensorFlow: the whole job runs in a process that never imports it."""
+    ids = read_filelist_ids(DEMO_TRAIN)
+    train, val = write_filelist(tmp_path / "train.txt", ids[:2]), write_filelist(tmp_path / "val.txt", ids[2:3])
+    code = ("import sys; from pipeline.config import load_config; from pipeline import preprocess; "
+            f"m = preprocess.run(load_config('configs/v1.json'), preprocess.PreprocessOptions("
+            f"filelists={{'train': {train!r}, 'val': {val!r}}}, audio_root={DEMO_WAVS!r}, "
+            f"output_dir={str(tmp_path / 'out')!r}), ['--runner', 'DirectRunner']); "
+            "print(m.splits['train'].num_examples, m.splits['val'].num_examples, 'tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-3:] == ["2", "1", "False"]
+
+
+def test_direct_runner_defaults_to_one_thread_per_core():
+    cores = str(len(os.sched_getaffinity(0)))
+    assert local_defaults([]) == ["--direct_running_mode", "multi_threading", "--direct_num_workers", cores]
+    assert local_defaults(DIRECT) == DIRECT + ["--direct_running_mode", "multi_threading", "--direct_num_workers",
+                                               cores]
+    assert local_defaults(["--runner=DirectRunner", "--direct_num_workers=3"]) == [
+        "--runner=DirectRunner", "--direct_num_workers=3", "--direct_running_mode", "multi_threading"]
+    for explicit in (DIRECT + ["--direct_running_mode", "in_memory"], ["--direct_running_mode=multi_processing"],
+                     ["--runner", "DataflowRunner", "--project", "p"],
+                     ["--runner", "apache_beam.runners.dask.dask_runner.DaskRunner"]):
+        assert local_defaults(explicit) == explicit
 
 
 def test_shard_of_an_id_does_not_depend_on_other_ids(v1_config, demo_run, tmp_path):

@@ -1,0 +1,182 @@
+"""Regenerate tests/fixtures/train_step_parity.npz: two steps of the original's training loop (jik876/hifi-gan).
+
+Run with a Python that has torch, librosa and scipy (not the project's venv), from the repo root, after
+tools/make_fixtures.py (the batches are cut from the speech clip of its mel_parity.npz):
+
+    /work/torchvenv/bin/python -m tools.make_train_step_fixture --reference_repo /work/ref --out tests/fixtures
+
+The original's Generator (v1 audio, a tiny generator; torch's default init from a fixed seed), its full
+MultiPeriodDiscriminator and MultiScaleDiscriminator (``synthetic_state`` weights, the scheme of
+tools/make_fixtures.py: 70 M parameters cannot be stored, the tests regenerate them) and its two AdamW
+optimisers, built as its train.py builds them (its ExponentialLR schedulers only act between epochs), run
+two iterations of its train.py loop body on two batches of speech (x and y_mel from its
+meldataset.mel_spectrogram). Stored: the config, the initial generator, the
+batches, every loss of both steps, and after step 2 the whole generator, every discriminator tensor of at most
+``FULL_SIZE`` elements (biases, weight_g, the first and last convolutions), spectral norm's u and v, and of the
+larger ones ``sample_points`` elements plus the L2 norm of their total update.
+
+NOTE: the original calls each sub-discriminator twice per pass (real, then generated audio), so the
+spectral-normalised first MSD scale does two power iterations per pass in training mode; our trainer
+concatenates real and generated audio and does one. Here a forward pre-hook puts that scale in eval mode for its
+second call of each pass (the generated audio), so the torch side does exactly one power iteration per pass, the
+first (real) call's u / v serving both calls, as ours. Without it (the original as is, measured with this tool's
+weights) step 2's losses differ from these by up to 1.7e-3 relative (gen_adversarial, feature matching),
+loss_disc_all by 5e-5 and loss_gen_all by 7e-5, against ~4e-6 between ours and the hooked original.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+import types
+
+import numpy as np
+
+from tools.make_fixtures import SCHEME, _load_reference, sample_points, synthetic_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# configs/v1.json's audio and optimiser with a tiny generator (hop 256 = 8 * 8 * 4) and short segments.
+OVERRIDES = dict(batch_size=2, segment_size=1024, upsample_rates=[8, 8, 4], upsample_kernel_sizes=[16, 16, 8],
+                 upsample_initial_channel=16, resblock="1", resblock_kernel_sizes=[3, 7],
+                 resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]])
+STEPS = 2
+FULL_SIZE = 4096  # discriminator tensors up to this size are stored whole after the steps
+SEED = 1234
+
+
+def _segments(speech_int16: np.ndarray, h) -> np.ndarray:
+    """[STEPS * batch_size, segment_size] float32 cuts of the speech, scaled as the original's MelDataset does
+    (int16 / 32768, peak-normalised to 0.95)."""
+    from librosa.util import normalize
+
+    audio = normalize(speech_int16 / 32768.0) * 0.95
+    count = STEPS * h.batch_size
+    starts = np.linspace(2000, audio.size - h.segment_size - 2000, count).astype(np.int64)
+    return np.stack([audio[s:s + h.segment_size] for s in starts]).astype(np.float32)
+
+
+def _one_power_iteration_per_pass(scale) -> None:
+    """Eval mode for every second call of ``scale`` (see the module's NOTE)."""
+    calls = itertools.count()
+
+    def hook(module, inputs):
+        module.train(next(calls) % 2 == 0)
+
+    scale.register_forward_pre_hook(hook)
+
+
+def _original_step(models, meldataset, h, nets, optims, x, y, y_mel) -> dict[str, float]:
+    """One iteration of the loop body of the original's train.py (D update, then G update); its loss values."""
+    import torch.nn.functional as F
+
+    generator, mpd, msd = nets
+    optim_g, optim_d = optims
+    y = y.unsqueeze(1)
+    y_g_hat = generator(x)
+    y_g_hat_mel = meldataset.mel_spectrogram(y_g_hat.squeeze(1), h.n_fft, h.num_mels, h.sampling_rate, h.hop_size,
+                                             h.win_size, h.fmin, h.fmax_for_loss)
+    optim_d.zero_grad()
+    f_real, f_fake, _, _ = mpd(y, y_g_hat.detach())
+    loss_disc_f, _, _ = models.discriminator_loss(f_real, f_fake)
+    s_real, s_fake, _, _ = msd(y, y_g_hat.detach())
+    loss_disc_s, _, _ = models.discriminator_loss(s_real, s_fake)
+    loss_disc_all = loss_disc_s + loss_disc_f
+    loss_disc_all.backward()
+    optim_d.step()
+
+    optim_g.zero_grad()
+    mel_error = F.l1_loss(y_mel, y_g_hat_mel)
+    loss_mel = mel_error * 45  # NOTE: the original's hard-coded weight (our cfg.loss.lambda_mel)
+    f_real, f_fake, fmap_f_real, fmap_f_fake = mpd(y, y_g_hat)
+    s_real, s_fake, fmap_s_real, fmap_s_fake = msd(y, y_g_hat)
+    loss_fm = models.feature_loss(fmap_f_real, fmap_f_fake) + models.feature_loss(fmap_s_real, fmap_s_fake)
+    loss_adv = models.generator_loss(f_fake)[0] + models.generator_loss(s_fake)[0]
+    loss_gen_all = loss_adv + loss_fm + loss_mel
+    loss_gen_all.backward()
+    optim_g.step()
+    values = dict(disc_loss_total=loss_disc_all, disc_mpd=loss_disc_f, disc_msd=loss_disc_s,
+                  gen_loss_total=loss_gen_all, gen_adversarial=loss_adv, feature_matching_x2=loss_fm,
+                  mel_spec_error=mel_error)
+    return {k: v.item() for k, v in values.items()}
+
+
+def _numpy_state(module) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().astype(np.float32) for k, v in module.state_dict().items()}
+
+
+def make_train_step_fixture(models, meldataset, speech_int16: np.ndarray) -> dict[str, np.ndarray]:
+    import torch
+
+    with open(os.path.join(ROOT, "configs", "v1.json"), encoding="utf-8") as f:
+        raw = {**json.load(f), **OVERRIDES}
+    h = types.SimpleNamespace(**raw)
+    torch.manual_seed(SEED)
+    generator = models.Generator(h)
+    mpd, msd = models.MultiPeriodDiscriminator(), models.MultiScaleDiscriminator()
+    out = {"config": np.asarray(json.dumps(raw)), "scheme": np.asarray(SCHEME)}
+    for name, net in (("mpd", mpd), ("msd", msd)):
+        shapes = {k: list(v.shape) for k, v in net.state_dict().items()}
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in synthetic_state(shapes).items()})
+        out[f"{name}/shapes"] = np.asarray(json.dumps(shapes))
+    for key, value in _numpy_state(generator).items():
+        out[f"initial/generator/{key}"] = value
+    initial = {"mpd": _numpy_state(mpd), "msd": _numpy_state(msd)}
+    _one_power_iteration_per_pass(msd.discriminators[0])
+    # As the original's train.py builds them (torch's AdamW defaults: weight_decay 0.01, eps 1e-8).
+    optim_g = torch.optim.AdamW(generator.parameters(), h.learning_rate, betas=[h.adam_b1, h.adam_b2])
+    optim_d = torch.optim.AdamW(itertools.chain(msd.parameters(), mpd.parameters()), h.learning_rate,
+                                betas=[h.adam_b1, h.adam_b2])
+    generator.train(), mpd.train(), msd.train()
+
+    audio = _segments(speech_int16, h)
+    for step in range(STEPS):
+        y = torch.from_numpy(audio[step * h.batch_size:(step + 1) * h.batch_size])
+        # The original's MelDataset (not fine-tuning): both mels from the segment itself.
+        x = meldataset.mel_spectrogram(y, h.n_fft, h.num_mels, h.sampling_rate, h.hop_size, h.win_size, h.fmin,
+                                       h.fmax)
+        y_mel = meldataset.mel_spectrogram(y, h.n_fft, h.num_mels, h.sampling_rate, h.hop_size, h.win_size,
+                                           h.fmin, h.fmax_for_loss)
+        out[f"step{step}/audio"] = y.numpy()
+        out[f"step{step}/mel"] = x.transpose(1, 2).numpy().astype(np.float32)
+        out[f"step{step}/mel_loss"] = y_mel.transpose(1, 2).numpy().astype(np.float32)
+        losses = _original_step(models, meldataset, h, (generator, mpd, msd), (optim_g, optim_d), x, y, y_mel)
+        logging.info("step %d: %s", step, ", ".join(f"{k} {v:.6f}" for k, v in losses.items()))
+        for key, value in losses.items():
+            out[f"step{step}/{key}"] = np.float64(value)
+
+    for key, value in _numpy_state(generator).items():
+        out[f"after/generator/{key}"] = value
+    for name, net in (("mpd", mpd), ("msd", msd)):
+        state = _numpy_state(net)
+        for key, value in state.items():
+            prefix, _, leaf = key.rpartition(".")
+            if value.size <= FULL_SIZE or (leaf in ("weight_u", "weight_v") and f"{prefix}.weight_orig" in state):
+                out[f"after/{name}/{key}"] = value
+            else:
+                flat = value.reshape(-1)
+                out[f"after/{name}/{key}/sample"] = flat[sample_points(flat.size)]
+                out[f"after/{name}/{key}/update_norm"] = np.float64(
+                    np.linalg.norm(flat.astype(np.float64) - initial[name][key].reshape(-1)))
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reference_repo", required=True, help="checkout of github.com/jik876/hifi-gan")
+    parser.add_argument("--out", default="tests/fixtures",
+                        help="fixtures folder: reads its mel_parity.npz, writes train_step_parity.npz")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    models, meldataset = _load_reference(args.reference_repo)
+    with np.load(os.path.join(args.out, "mel_parity.npz")) as data:
+        speech = data["speech_int16"]
+    path = os.path.join(args.out, "train_step_parity.npz")
+    np.savez_compressed(path, **make_train_step_fixture(models, meldataset, speech))
+    logging.info("wrote %s (%d bytes)", path, os.path.getsize(path))
+
+
+if __name__ == "__main__":
+    main()
