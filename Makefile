@@ -39,9 +39,9 @@ bench: install
 	$(PY) -m benchmarks.bench_inference
 
 fixtures:
-	$(TORCH_PYTHON) tools/make_fixtures.py --reference_repo $(REFERENCE_REPO) --out tests/fixtures
+	$(TORCH_PYTHON) -m tools.make_fixtures --reference_repo $(REFERENCE_REPO) --out tests/fixtures
 	$(TORCH_PYTHON) -m tools.make_train_step_fixture --reference_repo $(REFERENCE_REPO) --out tests/fixtures
-	$(TORCH_PYTHON) tools/make_checkpoint_fixtures.py --reference_repo $(REFERENCE_REPO) --out tests/fixtures
+	$(TORCH_PYTHON) -m tools.make_checkpoint_fixtures --reference_repo $(REFERENCE_REPO) --out tests/fixtures
 
 clean:
 	rm -rf $(DEMO_OUT)

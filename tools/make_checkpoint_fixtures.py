@@ -2,7 +2,7 @@
 
 Run with a Python that has torch (not the project's venv), from the repo root:
 
-    /work/torchvenv/bin/python tools/make_checkpoint_fixtures.py --reference_repo /work/ref
+    python -m tools.make_checkpoint_fixtures --reference_repo /work/ref
 
 Writes, all small:
   ckpt_config.json            a tiny config (hop 16: upsample_rates [4, 4], upsample_initial_channel 16)
@@ -32,7 +32,6 @@ This file imports no project code.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import logging
@@ -40,11 +39,11 @@ import os
 import pickle
 import pickletools
 import struct
-import sys
-import types
 import zipfile
 
 import numpy as np
+
+from tools.make_fixtures import _load_reference
 
 TINY_CONFIG = {
     "resblock": "1", "num_gpus": 0, "batch_size": 2, "learning_rate": 0.0002, "adam_b1": 0.8, "adam_b2": 0.99,
@@ -56,33 +55,6 @@ TINY_CONFIG = {
 }
 MARKER = "malicious_pickle_ran.marker"
 SHARED_STORAGE = 8192
-
-
-def _load_reference(repo: str):
-    """The original's models.py and meldataset.py, patched for torch 2.x / librosa >= 0.10 in this process."""
-    import librosa
-    import torch
-
-    if importlib.util.find_spec("matplotlib") is None:  # only the original's plotting helpers use it
-        stub = types.ModuleType("matplotlib")
-        stub.use = lambda *args, **kwargs: None
-        stub.pylab = types.ModuleType("matplotlib.pylab")
-        sys.modules.update({"matplotlib": stub, "matplotlib.pylab": stub.pylab})
-
-    def load(name):
-        spec = importlib.util.spec_from_file_location(name, os.path.join(repo, f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
-
-    load("utils")
-    models, meldataset = load("models"), load("meldataset")
-    meldataset.librosa_mel_fn = lambda sr, n_fft, n_mels, fmin, fmax: librosa.filters.mel(
-        sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
-    stft = torch.stft
-    torch.stft = lambda *a, **k: torch.view_as_real(stft(*a, return_complex=True, **k))
-    return models, meldataset
 
 
 class _AttrDict(dict):

@@ -2,7 +2,7 @@
 
 Run with a Python that has torch, librosa and scipy (not the project's venv), from the repo root:
 
-    /work/torchvenv/bin/python tools/make_fixtures.py --reference_repo /work/ref
+    python -m tools.make_fixtures --reference_repo /work/ref
 
 Writes three small files:
   mel_parity.npz     an espeak-ng speech clip (int16) and its silence-padded copy through the original's
