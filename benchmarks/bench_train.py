@@ -37,7 +37,7 @@ def make_batch(cfg, batch_size: int, seed: int = 0) -> dict:
 
 
 def time_ours(cfg, batch: dict, steps: int, jit_compile: bool) -> tuple[float, float]:
-    """(seconds of the first call incl. tracing, mean seconds per step after it)."""
+    """(seconds of the first call incl. tracing, median seconds per step after it)."""
     import tensorflow as tf
 
     from model.train import Trainer
@@ -47,14 +47,16 @@ def time_ours(cfg, batch: dict, steps: int, jit_compile: bool) -> tuple[float, f
     start = time.perf_counter()
     float(trainer.train_step(tensors)["gen_loss_total"])
     first = time.perf_counter() - start
-    start = time.perf_counter()
+    times = []
     for _ in range(steps):
+        start = time.perf_counter()
         float(trainer.train_step(tensors)["gen_loss_total"])
-    return first, (time.perf_counter() - start) / steps
+        times.append(time.perf_counter() - start)
+    return first, float(np.median(times))
 
 
 def time_reference(args, config_path: str, batch: dict) -> float:
-    """Mean seconds per step of the original's train step, run by --reference_python in a subprocess."""
+    """Median seconds per step of the original's train step, run by --reference_python in a subprocess."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "batch.npz")
         np.savez(path, **batch)
@@ -72,7 +74,8 @@ def main(argv=None) -> int:
     p.add_argument("--configs", default="configs/v1.json,configs/v3.json", help="comma-separated config paths")
     p.add_argument("--batch_size", type=int, default=4, help="batch size")
     p.add_argument("--segment_size", type=int, default=8192, help="audio samples per example")
-    p.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
+    p.add_argument("--steps", type=int, default=5,
+                   help="timed steps after one warm-up step (the median is reported, on both sides)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads (TF and torch)")
     p.add_argument("--xla", default="off,on", help="comma-separated: off, on")
     p.add_argument("--reference_repo", default=None, help="checkout of jik876/hifi-gan to time as well")

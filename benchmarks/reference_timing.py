@@ -76,10 +76,12 @@ def time_train(args, h):
         return float(loss_gen_all)
 
     step()
-    start = time.perf_counter()
+    times = []
     for _ in range(args.steps):
+        start = time.perf_counter()
         step()
-    return {"seconds_per_step": (time.perf_counter() - start) / args.steps}
+        times.append(time.perf_counter() - start)
+    return {"seconds_per_step": float(np.median(times)), "step_seconds": times}
 
 
 def time_input(args, h):
@@ -98,9 +100,10 @@ def time_input(args, h):
         for batch in loader:
             clips += batch[0].shape[0]
             if first is None:
-                first = time.perf_counter() - start
+                first, first_clips = time.perf_counter() - start, clips
     total = time.perf_counter() - start
-    return {"first_batch_seconds": first, "clips_per_second": clips / total, "clips": clips}
+    return {"first_batch_seconds": first, "clips_per_second": clips / total, "clips": clips,
+            "steady_clips_per_second": (clips - first_clips) / (total - first)}
 
 
 def main():

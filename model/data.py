@@ -3,7 +3,7 @@
 Nothing is cached in memory: each epoch lists the shards from the manifest, shuffles them, reads several at once
 and crops every clip on the frame grid on the fly. The whole order is a function of (seed, epoch): the shard
 order and the shuffle buffer are seeded with both, and each clip's crop start is drawn with a stateless random
-op keyed by (seed, epoch, position of the clip in the epoch). A run resumed mid-epoch rebuilds the same epoch and
+op keyed by (seed, epoch, position of the clip in the epoch's read order). A run resumed mid-epoch rebuilds the same epoch and
 skips the batches it already consumed, which makes N steps + M steps equal N + M steps.
 """
 
@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from pipeline.config import LOG_FLOOR_VALUE, HiFiGANConfig
 from pipeline.manifest import MANIFEST_NAME, Manifest
-from pipeline.schema import parse
+from pipeline.schema import INT16_SCALE, feature_spec, parse
 
 # Shards read at once, and the bounded shuffle buffer (in clips) behind them.
 CYCLE_LENGTH = 4
@@ -54,27 +54,40 @@ def steps_per_epoch(manifest: Manifest, batch_size: int) -> int:
     return steps
 
 
-def crop(example: dict, key: tf.Tensor, frames_per_segment: int, hop_size: int) -> dict:
-    """Random segment of one parsed clip, on the frame grid.
+def parse_and_crop(serialized: tf.Tensor, key: tf.Tensor, num_mels: int, audio_encoding: str,
+                   frames_per_segment: int, hop_size: int) -> dict:
+    """Random segment of one serialised record (pipeline/schema.py), on the frame grid.
 
     The start frame s is uniform in [0, T - F] (F = frames_per_segment) from the stateless ``key`` (int32/64
     [2]); returns mel and mel_loss [F, num_mels] = rows s..s+F and audio [F * hop_size] = samples
-    s * hop .. (s + F) * hop. A clip shorter than F frames is padded at the end: audio with zeros, mels with
-    log(1e-5). NOTE: the original zero-pads the mels of short clips, i.e. pads with a loud log-magnitude of 0
-    (its issue #50, buzzing); log(1e-5) is what silence looks like.
+    s * hop .. (s + F) * hop. Only the segment's bytes are decoded, not the whole clip. A clip shorter than F
+    frames is padded at the end: audio with zeros, mels with log(1e-5). NOTE: the original zero-pads the mels
+    of short clips, i.e. pads with a loud log-magnitude of 0 (its issue #50, buzzing); log(1e-5) is what
+    silence looks like.
     """
-    mel, mel_loss, audio = example["mel"], example["mel_loss"], example["audio"]
-    num_frames = tf.shape(mel)[0]
+    spec = feature_spec()
+    parsed = tf.io.parse_single_example(serialized, {k: spec[k] for k in ("audio", "mel", "mel_loss", "num_frames")})
+    num_frames = tf.cast(parsed["num_frames"], tf.int32)
     max_start = tf.maximum(num_frames - frames_per_segment, 0)
     start = tf.random.stateless_uniform([], seed=key, minval=0, maxval=max_start + 1, dtype=tf.int32)
-    mel = mel[start:start + frames_per_segment]
-    mel_loss = mel_loss[start:start + frames_per_segment]
-    audio = audio[start * hop_size:(start + frames_per_segment) * hop_size]
-    missing = frames_per_segment - tf.shape(mel)[0]
+    frames = tf.minimum(frames_per_segment, num_frames - start)
+    row_bytes = num_mels * 4  # float32 mel rows
+    sample_dtype = tf.int16 if audio_encoding == "int16" else tf.float32
+    sample_bytes = sample_dtype.size * hop_size
+
+    def rows(name, dtype, width):
+        part = tf.strings.substr(parsed[name], start * width, frames * width)
+        return tf.io.decode_raw(part, dtype, little_endian=True)
+
+    mel = tf.reshape(rows("mel", tf.float32, row_bytes), [-1, num_mels])
+    mel_loss = tf.reshape(rows("mel_loss", tf.float32, row_bytes), [-1, num_mels])
+    audio = rows("audio", sample_dtype, sample_bytes)
+    if audio_encoding == "int16":
+        audio = tf.cast(audio, tf.float32) / INT16_SCALE
+    missing = frames_per_segment - frames
     mel = tf.pad(mel, [[0, missing], [0, 0]], constant_values=LOG_FLOOR_VALUE)
     mel_loss = tf.pad(mel_loss, [[0, missing], [0, 0]], constant_values=LOG_FLOOR_VALUE)
     audio = tf.pad(audio, [[0, missing * hop_size]])
-    num_mels = example["mel"].shape[-1]
     return {
         "mel": tf.ensure_shape(mel, [frames_per_segment, num_mels]),
         "mel_loss": tf.ensure_shape(mel_loss, [frames_per_segment, num_mels]),
@@ -99,18 +112,20 @@ def train_dataset(data_dir: str, manifest: Manifest, cfg: HiFiGANConfig, seed: i
     files = tf.data.Dataset.from_tensor_slices(paths).shuffle(len(paths), seed=_mix(seed, epoch, 1))
     ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(CYCLE_LENGTH, len(paths)), block_length=1,
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.shuffle(SHUFFLE_BUFFER, seed=_mix(seed, epoch, 2), reshuffle_each_iteration=False)
-    ds = ds.enumerate()
-    if num_shards > 1:
-        ds = ds.shard(num_shards, shard_index)
     num_mels, audio_encoding = cfg.audio.num_mels, manifest.audio_encoding
     frames, hop_size = cfg.frames_per_segment, cfg.audio.hop_size
 
-    def parse_and_crop(index, record):
+    def crop(index, record):
         key = tf.random.experimental.stateless_fold_in(epoch_seed, index)
-        return crop(parse(record, num_mels, audio_encoding), key, frames, hop_size)
+        return parse_and_crop(record, key, num_mels, audio_encoding, frames, hop_size)
 
-    ds = ds.map(parse_and_crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Crops are cut before the shuffle: the buffer then holds small segments, and parsing runs while it fills
+    # (a buffer of whole records would wait for SHUFFLE_BUFFER reads before the first parse).
+    ds = ds.enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.shuffle(SHUFFLE_BUFFER, seed=_mix(seed, epoch, 2), reshuffle_each_iteration=False)
+    if num_shards > 1:
+        # After the shuffle, so that the global batch is the same clips whatever the topology.
+        ds = ds.shard(num_shards, shard_index)
     ds = ds.batch(batch_size, drop_remainder=True)
     if num_batches is not None:
         ds = ds.take(num_batches)

@@ -2,8 +2,8 @@
 
 Each takes ONE signal, audio [batch, samples, 1], and returns ``(logits, feature_maps)``: logits a list with one
 [batch, n] score tensor per sub-discriminator, feature_maps a list (per sub-discriminator) of the activations
-after every convolution (conv_post's output last). NOTE: the original's modules take (real, generated) at once;
-a trainer that wants one pass concatenates both on the batch axis.
+after every convolution (conv_post's output last). NOTE: the original's modules take (real, generated) at once and
+run each sub-discriminator on one, then the other; model/train.py makes the two calls itself.
 """
 
 from __future__ import annotations

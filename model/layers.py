@@ -220,7 +220,7 @@ class SpectralNorm(keras.layers.Wrapper):
     NOTE: keras.layers.SpectralNormalization overwrites the kernel with W / sigma in training and keeps no v,
     so gradients skip sigma and torch's u/v buffers cannot be loaded; hence this wrapper.
     NOTE: the original runs its discriminators once on real and once on generated audio, i.e. two power
-    iterations per pass; a caller that concatenates both on the batch axis gets one.
+    iterations per pass; model/train.py calls them the same way.
     """
 
     def __init__(self, layer, eps: float = 1e-12, **kwargs):

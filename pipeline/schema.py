@@ -29,6 +29,7 @@ AUDIO_ENCODINGS = ("int16", "float32")
 # (python protobuf >= 4, TensorFlow's): names sorted, except that a name is written after the longer names it is a
 # prefix of ("mel_loss" before "mel"). Shards written before the hand-written encoder have this order.
 FEATURE_NAMES = ("audio", "id", "mel_loss", "mel", "num_frames")
+INT16_SCALE = 32767.0  # int16 audio: sample = round(x * INT16_SCALE)
 
 
 def feature_spec() -> dict[str, tf.io.FixedLenFeature]:
@@ -47,7 +48,7 @@ def feature_spec() -> dict[str, tf.io.FixedLenFeature]:
 def encode_audio(audio: np.ndarray, audio_encoding: str) -> bytes:
     """Audio [num_samples] float in [-1, 1] to the record's bytes."""
     if audio_encoding == "int16":
-        scaled = np.asarray(audio) * 32767.0
+        scaled = np.asarray(audio) * INT16_SCALE
         np.rint(scaled, out=scaled)  # np.round's rounding (half to even), in place: one temporary in all
         return np.clip(scaled, -32768, 32767, out=scaled).astype("<i2").tobytes()
     if audio_encoding == "float32":
@@ -121,7 +122,7 @@ def parse(serialized: tf.Tensor, num_mels: int, audio_encoding: str = "int16") -
         raise ValueError(f"unknown audio_encoding {audio_encoding!r}; expected one of {AUDIO_ENCODINGS}")
     parsed = tf.io.parse_single_example(serialized, feature_spec())
     if audio_encoding == "int16":
-        audio = tf.cast(tf.io.decode_raw(parsed["audio"], tf.int16, little_endian=True), tf.float32) / 32767.0
+        audio = tf.cast(tf.io.decode_raw(parsed["audio"], tf.int16, little_endian=True), tf.float32) / INT16_SCALE
     else:
         audio = tf.io.decode_raw(parsed["audio"], tf.float32, little_endian=True)
     mel = tf.reshape(tf.io.decode_raw(parsed["mel"], tf.float32, little_endian=True), [-1, num_mels])

@@ -58,6 +58,27 @@ def test_crop_alignment_over_many_seeds(indexed_dir):
     assert starts[2] == {0}
 
 
+def test_int16_crop_is_the_decoded_clip_sliced(tmp_path):
+    # Only the segment's bytes are decoded: the crop equals slicing the fully decoded int16 clip, short clip too.
+    rng = np.random.default_rng(0)
+    lengths = [F + 23, 3]
+    clips = [rng.uniform(-0.9, 0.9, frames * HOP).astype(np.float32) for frames in lengths]
+    _, mels = indexed_clips(lengths)
+    manifest = write_shards(tmp_path, CFG, {"train": clips}, mels={"train": mels})
+    assert manifest.audio_encoding == "int16"
+    decoded = [np.round(clip * 32767) / 32767 for clip in clips]
+    seen = set()
+    for seed in range(6):
+        (batch,) = batches(tmp_path, manifest, seed, 0)
+        for mel, audio in zip(batch["mel"], batch["audio"]):
+            k, s = int(mel[0, 0]) // 1000 - 1, int(mel[0, 0]) % 1000
+            frames = min(lengths[k], F)
+            np.testing.assert_allclose(audio[:frames * HOP], decoded[k][s * HOP:(s + frames) * HOP], atol=1e-7)
+            assert np.all(audio[frames * HOP:] == 0)
+            seen.add(k)
+    assert seen == {0, 1}
+
+
 def test_short_clip_is_padded_with_silence(indexed_dir):
     path, manifest, lengths = indexed_dir
     short = lengths.index(5)

@@ -2,7 +2,8 @@
 (tests/fixtures/train_step_parity.npz, made by tools/make_train_step_fixture.py): same weights, same batches,
 same losses and, after both D and G updates, the same weights. This covers the order of the updates, the loss
 weights, the learning rate, AdamW's settings (weight decay, betas, eps and where eps enters) and the gradients
-through weight norm and spectral norm (including its power iteration: see the tool's NOTE).
+through weight norm and spectral norm, including its power iteration: two per pass, as the original, unmodified,
+does with separate real and generated calls.
 
 The generator starts from the original's torch init (stored); the full-size MPD and MSD from ``synthetic_state``
 (regenerated here: their 70 M parameters are not stored).

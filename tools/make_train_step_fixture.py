@@ -15,13 +15,8 @@ batches, every loss of both steps, and after step 2 the whole generator, every d
 ``FULL_SIZE`` elements (biases, weight_g, the first and last convolutions), spectral norm's u and v, and of the
 larger ones ``sample_points`` elements plus the L2 norm of their total update.
 
-NOTE: the original calls each sub-discriminator twice per pass (real, then generated audio), so the
-spectral-normalised first MSD scale does two power iterations per pass in training mode; our trainer
-concatenates real and generated audio and does one. Here a forward pre-hook puts that scale in eval mode for its
-second call of each pass (the generated audio), so the torch side does exactly one power iteration per pass, the
-first (real) call's u / v serving both calls, as ours. Without it (the original as is, measured with this tool's
-weights) step 2's losses differ from these by up to 1.7e-3 relative (gen_adversarial, feature matching),
-loss_disc_all by 5e-5 and loss_gen_all by 7e-5, against ~4e-6 between ours and the hooked original.
+The original runs as it is: each sub-discriminator is called on real, then on generated audio, so MSD's
+spectral-normalised first scale does two power iterations per pass, as our trainer's separate calls do.
 """
 
 from __future__ import annotations
@@ -56,16 +51,6 @@ def _segments(speech_int16: np.ndarray, h) -> np.ndarray:
     count = STEPS * h.batch_size
     starts = np.linspace(2000, audio.size - h.segment_size - 2000, count).astype(np.int64)
     return np.stack([audio[s:s + h.segment_size] for s in starts]).astype(np.float32)
-
-
-def _one_power_iteration_per_pass(scale) -> None:
-    """Eval mode for every second call of ``scale`` (see the module's NOTE)."""
-    calls = itertools.count()
-
-    def hook(module, inputs):
-        module.train(next(calls) % 2 == 0)
-
-    scale.register_forward_pre_hook(hook)
 
 
 def _original_step(models, meldataset, h, nets, optims, x, y, y_mel) -> dict[str, float]:
@@ -124,7 +109,6 @@ def make_train_step_fixture(models, meldataset, speech_int16: np.ndarray) -> dic
     for key, value in _numpy_state(generator).items():
         out[f"initial/generator/{key}"] = value
     initial = {"mpd": _numpy_state(mpd), "msd": _numpy_state(msd)}
-    _one_power_iteration_per_pass(msd.discriminators[0])
     # As the original's train.py builds them (torch's AdamW defaults: weight_decay 0.01, eps 1e-8).
     optim_g = torch.optim.AdamW(generator.parameters(), h.learning_rate, betas=[h.adam_b1, h.adam_b2])
     optim_d = torch.optim.AdamW(itertools.chain(msd.parameters(), mpd.parameters()), h.learning_rate,
