@@ -1,9 +1,9 @@
 """The multi-period and multi-scale discriminators of HiFi-GAN.
 
-Each takes ONE signal, audio [batch, samples, 1], and returns ``(logits, feature_maps)``: logits a list with one
+Each takes audio [batch, samples, 1] and returns ``(logits, feature_maps)``: logits a list with one
 [batch, n] score tensor per sub-discriminator, feature_maps a list (per sub-discriminator) of the activations
 after every convolution (conv_post's output last). NOTE: the original's modules take (real, generated) at once and
-run each sub-discriminator on one, then the other; model/train.py makes the two calls itself.
+run each sub-discriminator on one, then the other; here a call on the list [real, generated] does the same.
 """
 
 from __future__ import annotations
@@ -18,6 +18,32 @@ from model.layers import (LRELU_SLOPE, PACKAGE, PaddedConv1D, PaddedConv2D, Spec
 
 def _flatten(x):
     return ops.reshape(x, (ops.shape(x)[0], -1))
+
+
+def _signals(x) -> tuple[list, bool]:
+    """A discriminator takes one signal or a list of them (e.g. [real, generated]): each layer then computes its
+    weight-normalised kernel once for all of them (one pass through the normalisation's gradient, not one per
+    signal); the result is a list with one output per signal."""
+    return (list(x), True) if isinstance(x, (list, tuple)) else ([x], False)
+
+
+def _per_signal(outputs: list) -> list:
+    """Per sub-discriminator, a list over signals of (logits, fmaps) -> per signal, (logits list, fmaps list)."""
+    return [([o[i][0] for o in outputs], [o[i][1] for o in outputs]) for i in range(len(outputs[0]))]
+
+
+def _run_convs(convs, conv_post, hs: list, is_list: bool):
+    """The conv stack on each signal in ``hs``: (logits, feature maps), or a list of those."""
+    # A layer called on a list (see _signals) is already built: Keras builds it on one symbolic tensor.
+    apply = (lambda layer, xs: layer(xs)) if is_list else (lambda layer, xs: [layer(xs[0])])
+    fmaps = [[] for _ in hs]
+    for conv in convs:
+        hs = [ops.leaky_relu(h, LRELU_SLOPE) for h in apply(conv, hs)]
+        for fmap, h in zip(fmaps, hs):
+            fmap.append(h)
+    hs = apply(conv_post, hs)
+    outputs = [(_flatten(h), fmap + [h]) for h, fmap in zip(hs, fmaps)]
+    return outputs if is_list else outputs[0]
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
@@ -39,18 +65,15 @@ class DiscriminatorP(keras.layers.Layer):
         track_layer_list(self, "convs", self.convs)
 
     def call(self, x):
-        """x [batch, samples, 1] -> (logits [batch, time' * period], feature maps)."""
-        # NOTE: like the original, reflect-pad at the end to a multiple of the period.
-        num_pad = -tf.shape(x)[1] % self.period
-        x = tf.pad(x, [[0, 0], [0, num_pad], [0, 0]], mode="REFLECT")
-        x = ops.reshape(x, (ops.shape(x)[0], -1, self.period, 1))
-        fmap = []
-        for conv in self.convs:
-            x = ops.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return _flatten(x), fmap
+        """x [batch, samples, 1] -> (logits [batch, time' * period], feature maps); see _signals for lists."""
+        signals, is_list = _signals(x)
+        hs = []
+        for signal in signals:
+            # NOTE: like the original, reflect-pad at the end to a multiple of the period.
+            num_pad = -tf.shape(signal)[1] % self.period
+            signal = tf.pad(signal, [[0, 0], [0, num_pad], [0, 0]], mode="REFLECT")
+            hs.append(ops.reshape(signal, (ops.shape(signal)[0], -1, self.period, 1)))
+        return _run_convs(self.convs, self.conv_post, hs, is_list)
 
     def get_config(self):
         return {**super().get_config(), "period": self.period, "kernel_size": self.kernel_size,
@@ -74,14 +97,9 @@ class DiscriminatorS(keras.layers.Layer):
         track_layer_list(self, "convs", self.convs)
 
     def call(self, x):
-        """x [batch, samples, 1] -> (logits [batch, time'], feature maps [batch, time_i, channels_i])."""
-        fmap = []
-        for conv in self.convs:
-            x = ops.leaky_relu(conv(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return _flatten(x), fmap
+        """x [batch, samples, 1] -> (logits [batch, time'], feature maps [batch, time_i, channels_i]); see
+        _signals for lists."""
+        return _run_convs(self.convs, self.conv_post, *_signals(x))
 
     def get_config(self):
         return {**super().get_config(), "use_spectral_norm": self.use_spectral_norm,
@@ -124,8 +142,12 @@ class MultiPeriodDiscriminator(keras.Model):
             self, "discriminators", [DiscriminatorP(p, channel_divisor=channel_divisor) for p in self.periods])
 
     def call(self, audio):
+        """audio [batch, samples, 1] -> (logits list, fmaps list); a list of signals (see _signals) -> a list of
+        those, one per signal."""
         outputs = [d(audio) for d in self.discriminators]
-        return [o[0] for o in outputs], [o[1] for o in outputs]
+        if not isinstance(audio, (list, tuple)):
+            return [o[0] for o in outputs], [o[1] for o in outputs]
+        return _per_signal(outputs)
 
     def build(self, input_shape=None):
         self.call(keras.KerasTensor(input_shape or (None, None, 1)))
@@ -149,14 +171,17 @@ class MultiScaleDiscriminator(keras.Model):
         self.meanpools = [ZeroPaddedAvgPool1D(4, 2, pad=2), ZeroPaddedAvgPool1D(4, 2, pad=2)]
 
     def call(self, audio, training=None):
-        logits, fmaps = [], []
+        """audio [batch, samples, 1] -> (logits list, fmaps list); a list of signals (see _signals) -> a list of
+        those, one per signal."""
+        outputs = []
         for i, d in enumerate(self.discriminators):
             if i:
-                audio = self.meanpools[i - 1](audio)
-            score, fmap = d(audio, training=training)
-            logits.append(score)
-            fmaps.append(fmap)
-        return logits, fmaps
+                pool = self.meanpools[i - 1]
+                audio = [pool(a) for a in audio] if isinstance(audio, (list, tuple)) else pool(audio)
+            outputs.append(d(audio, training=training))
+        if not isinstance(audio, (list, tuple)):
+            return [o[0] for o in outputs], [o[1] for o in outputs]
+        return _per_signal(outputs)
 
     def build(self, input_shape=None):
         self.call(keras.KerasTensor(input_shape or (None, None, 1)))

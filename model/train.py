@@ -170,9 +170,10 @@ class Trainer:
 
     # --- the step -------------------------------------------------------------------------------------------
 
-    def _discriminate(self, audio):
-        """(MPD, MSD) outputs on one signal [B, samples, 1]: per discriminator (logits list, fmap lists)."""
-        return self.mpd(audio, training=True), self.msd(audio, training=True)
+    def _discriminate(self, real, generated):
+        """Both discriminators on [real, generated] audio [B, samples, 1]: per discriminator and signal,
+        (logits list, fmap lists). Each layer's normalised kernel is computed once for both signals."""
+        return self.mpd([real, generated], training=True), self.msd([real, generated], training=True)
 
     def _apply(self, optimizer, tape, loss, variables):
         """Gradients of a per-replica loss already divided by the replica count; returns the gradient norm of
@@ -201,25 +202,24 @@ class Trainer:
         g_vars, d_vars = self.generator.trainable_variables, self.d_variables
         with tf.GradientTape() as g_tape:
             y_hat = self.generator(mel, training=True)
-            # NOTE: like the original, the discriminators see real and generated audio in separate calls (so
+            # NOTE: like the original, the discriminators see real and generated audio one after the other (so
             # MSD's spectral norm does its two power iterations per pass). The D update is no part of G's
             # gradient: not recording it on g_tape makes the first call cheaper (eager, full discriminators,
             # 2 CPU cores: 22 s -> 10 s; tracing: 21 s -> 18 s).
             with g_tape.stop_recording(), tf.GradientTape() as d_tape:
-                (f_real, _), (s_real, _) = self._discriminate(y)
-                (f_fake, _), (s_fake, _) = self._discriminate(tf.stop_gradient(y_hat))
+                ((f_real, _), (f_fake, _)), ((s_real, _), (s_fake, _)) = self._discriminate(
+                    y, tf.stop_gradient(y_hat))
                 loss_disc_f, _, _ = discriminator_loss(f_real, f_fake)
                 loss_disc_s, _, _ = discriminator_loss(s_real, s_fake)
                 loss_disc_all = loss_disc_f + loss_disc_s
                 d_replica_loss = loss_disc_all * scale
             with g_tape.stop_recording():
                 d_grad_norm = self._apply(self.optim_d, d_tape, d_replica_loss, d_vars)
-                # The updated discriminators' view of the real audio: constants for G's loss, so no backward
-                # pass runs through them (the original backpropagates through both halves).
-                (f_real, fm_f_real), (s_real, fm_s_real) = self._discriminate(y)
 
             mel_error = tf.reduce_mean(tf.abs(mel_loss - self.mel(y_hat)))
-            (f_fake, fm_f_fake), (s_fake, fm_s_fake) = self._discriminate(y_hat)
+            # The real half depends on no generator variable: the compiled step runs no backward pass through it.
+            ((f_real, fm_f_real), (f_fake, fm_f_fake)), ((s_real, fm_s_real), (s_fake, fm_s_fake)) = \
+                self._discriminate(y, y_hat)
             loss_fm = feature_matching_loss(fm_f_real, fm_f_fake) + feature_matching_loss(fm_s_real, fm_s_fake)
             loss_adv = generator_adversarial_loss(f_fake)[0] + generator_adversarial_loss(s_fake)[0]
             loss_gen_all = (lam.lambda_adversarial * loss_adv + lam.lambda_feature_matching * loss_fm

@@ -9,7 +9,7 @@ import tensorflow as tf
 from model.discriminators import (DiscriminatorP, MultiPeriodDiscriminator, MultiScaleDiscriminator,
                                   ZeroPaddedAvgPool1D)
 from model.generator import Generator
-from model.layers import CroppedConv1DTranspose, PaddedConv1D, PaddedConv2D, SpectralNorm, WeightNorm
+from model.layers import CroppedConv1DTranspose, PaddedConv1D, PaddedConv2D, SpectralNorm, WeightNorm, time_conv
 from pipeline.config import GeneratorConfig
 
 
@@ -203,3 +203,39 @@ def test_tf_checkpoint_holds_every_variable(tmp_path):
     for model in (MultiPeriodDiscriminator(periods=(2, 3)), MultiScaleDiscriminator()):
         model.build()
         assert len(_checkpointed_variables(model)) == len(model.weights)
+
+
+@pytest.mark.parametrize("kind", ["mpd", "msd"])
+def test_discriminator_on_a_list_equals_one_call_per_signal(kind):
+    # [real, generated] in one call shares each normalised kernel; outputs and spectral norm's power iterations
+    # (one per signal, in order) are those of separate calls.
+    make = {"mpd": lambda: MultiPeriodDiscriminator(channel_divisor=8),
+            "msd": lambda: MultiScaleDiscriminator(channel_divisor=8)}[kind]
+    together, apart = make(), make()
+    for d in (together, apart):
+        d.build((None, None, 1))
+    apart.set_weights(together.get_weights())
+    rng = np.random.default_rng(0)
+    real, fake = (tf.constant(rng.uniform(-0.5, 0.5, (2, 1000, 1)).astype(np.float32)) for _ in range(2))
+    outputs = together([real, fake], training=True)
+    expected = [apart(real, training=True), apart(fake, training=True)]
+    for (logits, fmaps), (logits_ref, fmaps_ref) in zip(outputs, expected):
+        for a, b in zip(logits + sum(fmaps, []), logits_ref + sum(fmaps_ref, [])):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    for a, b in zip(together.weights, apart.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
+
+
+@pytest.mark.parametrize("length,kernel_size,stride", [(50, 5, 3), (52, 5, 3), (40, 5, 1), (31, 2, 3), (60, 7, 2)])
+def test_time_conv_gradients_equal_tensorflow(length, kernel_size, stride):
+    # time_conv's own input gradient (one forward convolution per phase of the stride) against TF's Conv2D.
+    rng = np.random.default_rng(length + kernel_size)
+    x = tf.constant(rng.standard_normal((2, length, 3, 4)).astype(np.float32))
+    kernel = tf.constant(rng.standard_normal((kernel_size, 1, 4, 5)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, kernel])
+        ours, theirs = time_conv(x, kernel, stride), tf.nn.conv2d(x, kernel, [1, stride, 1, 1], "VALID")
+        losses = [tf.reduce_sum(y * tf.sin(y)) for y in (ours, theirs)]
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-5)
+    for a, b in zip(tape.gradient(losses[0], [x, kernel]), tape.gradient(losses[1], [x, kernel])):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
