@@ -1,6 +1,7 @@
 """Inference speed on CPU: real-time factor (seconds of audio per wall-clock second) of the V1, V2 and V3
 generators on 10 s of mel, eager vs tf.function vs XLA vs each TFLite flavour, and, given the original's checkout
-and a Python with torch, the original generator on the same input in the same run.
+and a Python with torch, the original generator on the same input in the same run, its calls interleaved with
+ours (one after each of our timed calls) so that the machine's drifts hit both sides alike.
 
     .venv/bin/python benchmarks/bench_inference.py --reference_repo /work/ref \
         --reference_python /work/torchvenv/bin/python
@@ -11,7 +12,6 @@ Weights are random (speed does not depend on them); weight norm is folded as for
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import subprocess
@@ -29,7 +29,7 @@ ORIGINAL = "original (torch)"
 REFERENCE_SCRIPT = r"""
 import json, sys, time, types, importlib.util, os
 import numpy as np, torch
-repo, config_path, mel_path, repeats, threads = sys.argv[1:6]
+repo, config_path, mel_path, threads = sys.argv[1:5]
 torch.set_num_threads(int(threads))
 for name in ("matplotlib", "matplotlib.pylab"):
     stub = types.ModuleType(name); stub.use = lambda *a, **k: None; stub.pylab = stub
@@ -44,22 +44,54 @@ class H(dict):
 generator = models.Generator(H(json.load(open(config_path))))
 generator.eval(); generator.remove_weight_norm()
 mel = torch.from_numpy(np.load(mel_path)).transpose(1, 2).contiguous()  # [1, num_mels, frames]
-times = []
 with torch.inference_mode():
     generator(mel)
-    for _ in range(int(repeats)):
-        start = time.perf_counter(); generator(mel); times.append(time.perf_counter() - start)
-print(json.dumps({"seconds": min(times)}))
+    print("ready", flush=True)
+    for _ in sys.stdin:  # one timed call per request line
+        start = time.perf_counter(); generator(mel); print(time.perf_counter() - start, flush=True)
 """
 
 
-def _time(label: str, fn, repeats: int) -> float:
+class Original:
+    """The original generator in a subprocess (a Python with torch), timed one call per request: its calls are
+    interleaved with ours so that the machine's slow drifts (shared CPUs) hit both sides alike."""
+
+    def __init__(self, args, config_path: str, mel: np.ndarray):
+        self.tmp = tempfile.TemporaryDirectory()
+        mel_path = os.path.join(self.tmp.name, "mel.npy")
+        np.save(mel_path, mel)
+        self.proc = subprocess.Popen([args.reference_python, "-c", REFERENCE_SCRIPT, args.reference_repo, config_path,
+                                      mel_path, str(args.threads)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        for line in self.proc.stdout:  # the original prints "Removing weight norm..." first
+            if line.strip() == "ready":
+                break
+        else:
+            raise SystemExit("the original's generator failed to start (see its error above)")
+        self.best = float("inf")
+
+    def time_one(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        self.best = min(self.best, float(self.proc.stdout.readline()))
+
+    def close(self) -> float:
+        self.proc.stdin.close()
+        self.proc.wait()
+        self.tmp.cleanup()
+        return self.best
+
+
+def _time(label: str, fn, repeats: int, original: Original | None = None) -> float:
+    """Best of ``repeats`` calls of fn after a warm-up; each call followed by one of the original's."""
     fn()  # warm-up (tracing, XLA compilation, allocation)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - start)
+        if original:
+            original.time_one()
     logging.info("%s: %.2f s per call", label, best)
     return best
 
@@ -86,24 +118,20 @@ def bench_config(name: str, config_path: str, args) -> dict[str, float]:
     compiled = tf.function(forward, input_signature=spec)
     xla = tf.function(forward, input_signature=spec, jit_compile=True)
     x = tf.constant(mel)
+    original = Original(args, config_path, mel) if args.reference_repo else None
     results = {
-        "eager": _time(f"{name} eager", lambda: generator(x, training=False).numpy(), args.repeats),
-        "tf.function": _time(f"{name} tf.function", lambda: compiled(x).numpy(), args.repeats),
-        "xla": _time(f"{name} xla", lambda: xla(x).numpy(), args.repeats),
+        "eager": _time(f"{name} eager", lambda: generator(x, training=False).numpy(), args.repeats, original),
+        "tf.function": _time(f"{name} tf.function", lambda: compiled(x).numpy(), args.repeats, original),
+        "xla": _time(f"{name} xla", lambda: xla(x).numpy(), args.repeats, original),
     }
     for quantization in args.tflite:
         runner = TFLiteVocoder(tflite_bytes(generator, cfg, quantization), num_threads=args.threads)
         results[f"tflite_{quantization}"] = _time(f"{name} tflite {quantization}", lambda: runner(mel),
-                                                  args.repeats)
-    if args.reference_repo:
-        with tempfile.TemporaryDirectory() as tmp:
-            mel_path = os.path.join(tmp, "mel.npy")
-            np.save(mel_path, mel)
-            out = subprocess.run([args.reference_python, "-c", REFERENCE_SCRIPT, args.reference_repo, config_path,
-                                  mel_path, str(args.repeats), str(args.threads)],
-                                 capture_output=True, text=True, check=True)
-            results[ORIGINAL] = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
-            logging.info("%s original: %.2f s per call", name, results[ORIGINAL])
+                                                  args.repeats, original)
+    if original:
+        results[ORIGINAL] = original.close()
+        logging.info("%s original: %.2f s per call (best of %d, interleaved with ours)", name, results[ORIGINAL],
+                     args.repeats * (len(results) - 1))
     return {way: args.seconds / seconds for way, seconds in results.items()}
 
 
