@@ -3,8 +3,8 @@
 Nothing is cached in memory: each epoch lists the shards from the manifest, shuffles them, reads several at once
 and crops every clip on the frame grid on the fly. The whole order is a function of (seed, epoch): the shard
 order and the shuffle buffer are seeded with both, and each clip's crop start is drawn with a stateless random
-op keyed by (seed, epoch, position of the clip in the epoch's read order). A run resumed mid-epoch rebuilds the same epoch and
-skips the batches it already consumed, which makes N steps + M steps equal N + M steps.
+op keyed by (seed, epoch, position of the clip in the epoch's read order). A run resumed mid-epoch rebuilds the
+same epoch and skips the batches it already consumed, which makes N steps + M steps equal N + M steps.
 """
 
 from __future__ import annotations
