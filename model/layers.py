@@ -170,7 +170,9 @@ class PaddedConv2D(_TorchConv, keras.layers.Conv2D):
         return (*self.kernel_size, input_shape[-1] // self.groups, self.filters)
 
     def apply_kernel(self, inputs, kernel):
-        if self.strides[1] != 1 or self.kernel_size[1] != 1 or self.dilation_rate != (1, 1):
+        # time_conv's gradient was measured faster on CPU only: GPUs keep their own (cuDNN) backward pass.
+        if (self.strides[1] != 1 or self.kernel_size[1] != 1 or self.dilation_rate != (1, 1)
+                or tf.config.list_logical_devices("GPU")):
             return self._add_bias(self.convolution_op(self._pad_time(inputs), kernel))
         inputs = self._pad_time(inputs)
         return self._add_bias(time_conv(inputs, ops.cast(kernel, inputs.dtype), self.strides[0]))
