@@ -54,9 +54,10 @@ def test_overfitting_one_batch_lowers_the_mel_error(setup, tmp_path):
     frames = CFG.frames_per_segment
     clip = tone_clip(np.random.default_rng(1), frames * CFG.audio.hop_size, CFG.audio.sampling_rate)
     write_shards(tmp_path, CFG, {"train": [clip], "val": [clip]})
-    train(CFG, options(tmp_path, start(setup, "overfit"), 12), trainer=trainer)
+    train(CFG, options(tmp_path, start(setup, "overfit"), 24), trainer=trainer)
     errors = [h["mel_spec_error"] for h in trainer.history]
-    assert len(errors) == 12
+    assert len(errors) == 24
+    # Measured: ~0.4 after 24 steps (after 12 steps 0.65-0.78, too close to the bound for a GAN on 2 threads)
     assert np.mean(errors[-3:]) < 0.75 * np.mean(errors[:3]), errors
 
 
