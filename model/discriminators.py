@@ -27,8 +27,11 @@ def _signals(x) -> tuple[list, bool]:
     return (list(x), True) if isinstance(x, (list, tuple)) else ([x], False)
 
 
-def _per_signal(outputs: list) -> list:
-    """Per sub-discriminator, a list over signals of (logits, fmaps) -> per signal, (logits list, fmaps list)."""
+def _gather(outputs: list, is_list: bool):
+    """Per sub-discriminator (logits, fmaps) -> (logits list, fmaps list); for a list of signals each
+    sub-discriminator gave one pair per signal, and the result is one (logits list, fmaps list) per signal."""
+    if not is_list:
+        return [o[0] for o in outputs], [o[1] for o in outputs]
     return [([o[i][0] for o in outputs], [o[i][1] for o in outputs]) for i in range(len(outputs[0]))]
 
 
@@ -144,10 +147,7 @@ class MultiPeriodDiscriminator(keras.Model):
     def call(self, audio):
         """audio [batch, samples, 1] -> (logits list, fmaps list); a list of signals (see _signals) -> a list of
         those, one per signal."""
-        outputs = [d(audio) for d in self.discriminators]
-        if not isinstance(audio, (list, tuple)):
-            return [o[0] for o in outputs], [o[1] for o in outputs]
-        return _per_signal(outputs)
+        return _gather([d(audio) for d in self.discriminators], _signals(audio)[1])
 
     def build(self, input_shape=None):
         self.call(keras.KerasTensor(input_shape or (None, None, 1)))
@@ -173,15 +173,13 @@ class MultiScaleDiscriminator(keras.Model):
     def call(self, audio, training=None):
         """audio [batch, samples, 1] -> (logits list, fmaps list); a list of signals (see _signals) -> a list of
         those, one per signal."""
+        signals, is_list = _signals(audio)
         outputs = []
         for i, d in enumerate(self.discriminators):
             if i:
-                pool = self.meanpools[i - 1]
-                audio = [pool(a) for a in audio] if isinstance(audio, (list, tuple)) else pool(audio)
-            outputs.append(d(audio, training=training))
-        if not isinstance(audio, (list, tuple)):
-            return [o[0] for o in outputs], [o[1] for o in outputs]
-        return _per_signal(outputs)
+                signals = [self.meanpools[i - 1](signal) for signal in signals]
+            outputs.append(d(signals if is_list else signals[0], training=training))
+        return _gather(outputs, is_list)
 
     def build(self, input_shape=None):
         self.call(keras.KerasTensor(input_shape or (None, None, 1)))
