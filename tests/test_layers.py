@@ -73,7 +73,6 @@ def test_padded_conv_is_torchs_zero_padding():
     assert np.abs(conv.bias.numpy()).max() > bound / 4
 
 
-
 @pytest.mark.parametrize("kernel_size,dilation", [(3, 3), (5, 6), (7, 12), (11, 5), (7, 1)])
 def test_dilated_conv_inference_path_equals_training_path_and_numpy(kernel_size, dilation):
     """The plain-kernel call (inference: one native dilated conv up to NATIVE_DILATION_MAX_KERNEL taps) and the
@@ -89,6 +88,7 @@ def test_dilated_conv_inference_path_equals_training_path_and_numpy(kernel_size,
     training = conv.apply_kernel(tf.constant(x), conv.kernel).numpy()
     np.testing.assert_allclose(inference, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(training, expected, rtol=1e-5, atol=1e-5)
+
 
 def test_spectral_norm_power_iteration():
     rng = np.random.default_rng(3)
