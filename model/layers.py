@@ -15,12 +15,14 @@ from keras import ops
 
 LRELU_SLOPE = 0.1
 PACKAGE = "hifigan"
-# Dilated convolutions with up to this many taps run natively (one dilated conv) at inference: the generator's
-# dilated layers then take 20-30 % less time than through SpaceToBatch (V3 whole: ~150 -> ~120 ms per 10 s of
-# mel with 2 threads, benchmarks/bench_inference.py). With 11 taps oneDNN's dilated kernel is 2x SLOWER than
-# SpaceToBatch (128 channels: 92 vs 43 ms), and for training (forward + gradients) the two are even, or
-# SpaceToBatch ahead (dilation 12: 5.6 vs 8.9 ms), so training keeps SpaceToBatch.
+# At inference, a dilated convolution runs natively (one dilated conv) when it has up to this many taps or up to
+# this many output channels; otherwise, and always for training, through SpaceToBatch (tf.nn.convolution's way).
+# Measured with 2 threads (benchmarks/bench_inference.py; per layer on 10 s of mel): native makes the generator's
+# 3-7-tap dilated layers 20-30 % faster (V3 whole: ~160 -> ~120 ms), and V2's narrow 11-tap ones too (32 channels:
+# 3.0 vs 5.2 ms; V2 whole ~4 %); but with 11 taps and 128 channels oneDNN's dilated kernel is 2x SLOWER (92 vs 43
+# ms). For training (forward + gradients) the two are even, or SpaceToBatch ahead (dilation 12: 5.6 vs 8.9 ms).
 NATIVE_DILATION_MAX_KERNEL = 7
+NATIVE_DILATION_MAX_CHANNELS = 32
 
 
 def get_padding(kernel_size: int, dilation: int = 1) -> int:
@@ -154,12 +156,14 @@ class PaddedConv1D(_TorchConv, keras.layers.Conv1D):
 
     def apply_kernel(self, inputs, kernel, native_dilation: bool = False):
         """``native_dilation``: run a dilated "same" convolution as one dilated Conv2D instead of TensorFlow's
-        SpaceToBatch / convolution / BatchToSpace (tf.nn.convolution's way), for kernels up to
-        NATIVE_DILATION_MAX_KERNEL taps. The plain-kernel call (a folded generator: inference) does; the
-        normalisation wrappers' training path keeps SpaceToBatch (see NATIVE_DILATION_MAX_KERNEL)."""
+        SpaceToBatch / convolution / BatchToSpace where that was measured faster (NATIVE_DILATION_MAX_KERNEL,
+        NATIVE_DILATION_MAX_CHANNELS). The plain-kernel call (a folded generator: inference) does; the
+        normalisation wrappers' training path keeps SpaceToBatch."""
         if self.groups == 1 and self._pads_same():
             dilation = self.dilation_rate[0]
-            if native_dilation and dilation > 1 and self.kernel_size[0] <= NATIVE_DILATION_MAX_KERNEL:
+            native = (self.kernel_size[0] <= NATIVE_DILATION_MAX_KERNEL
+                      or self.filters <= NATIVE_DILATION_MAX_CHANNELS)
+            if native_dilation and dilation > 1 and native:
                 outputs = tf.nn.conv1d(inputs, ops.cast(kernel, inputs.dtype), 1, "SAME", dilations=dilation)
                 return self._add_bias(outputs)
             return self._add_bias(ops.conv(inputs, kernel, strides=1, padding="same",

@@ -73,13 +73,14 @@ def test_padded_conv_is_torchs_zero_padding():
     assert np.abs(conv.bias.numpy()).max() > bound / 4
 
 
-@pytest.mark.parametrize("kernel_size,dilation", [(3, 3), (5, 6), (7, 12), (11, 5), (7, 1)])
-def test_dilated_conv_inference_path_equals_training_path_and_numpy(kernel_size, dilation):
-    """The plain-kernel call (inference: one native dilated conv up to NATIVE_DILATION_MAX_KERNEL taps) and the
+@pytest.mark.parametrize("kernel_size,dilation,filters", [(3, 3, 5), (5, 6, 5), (7, 12, 40), (11, 5, 5), (11, 3, 40),
+                                                         (7, 1, 5)])
+def test_dilated_conv_inference_path_equals_training_path_and_numpy(kernel_size, dilation, filters):
+    """The plain-kernel call (inference: one native dilated conv, or SpaceToBatch for wide 11-tap layers) and the
     normalisation wrappers' path (SpaceToBatch) give torch's zero-padded dilated convolution."""
     x = np.random.default_rng(3).normal(size=(2, 37, 6)).astype(np.float32)
     pad = dilation * (kernel_size - 1) // 2
-    conv = PaddedConv1D(5, kernel_size, dilation_rate=dilation, pad=pad)
+    conv = PaddedConv1D(filters, kernel_size, dilation_rate=dilation, pad=pad)
     conv.build(x.shape)
     kernel, bias = (w.astype(np.float64) for w in conv.get_weights())
     padded = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (0, 0)))
