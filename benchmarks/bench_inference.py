@@ -70,21 +70,17 @@ class Original:
                 break
         else:
             raise SystemExit("the original's generator failed to start (see its error above)")
-        self.best = float("inf")
 
     def time_one(self) -> float:
         """Seconds of one call of the original."""
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()
-        seconds = float(self.proc.stdout.readline())
-        self.best = min(self.best, seconds)
-        return seconds
+        return float(self.proc.stdout.readline())
 
-    def close(self) -> float:
+    def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait()
         self.tmp.cleanup()
-        return self.best
 
 
 def _time(label: str, fn, repeats: int, original: Original | None = None) -> tuple[float, float]:
@@ -138,7 +134,8 @@ def bench_config(name: str, config_path: str, args) -> tuple[dict[str, float], d
     rtf = {way: args.seconds / seconds for way, (seconds, _) in timed.items()}
     speedup = {way: original_seconds / seconds for way, (seconds, original_seconds) in timed.items()}
     if original:
-        best = original.close()
+        original.close()
+        best = min(original_seconds for _, original_seconds in timed.values())
         rtf[ORIGINAL] = args.seconds / best
         logging.info("%s original: %.2f s per call (best of all %d, interleaved with ours)", name, best,
                      args.repeats * len(timed))
