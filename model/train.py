@@ -242,10 +242,18 @@ class Trainer:
                 "audio": tf.TensorSpec([batch_size, frames * self.cfg.audio.hop_size], tf.float32)}
 
     def train_step(self, batch) -> dict:
-        """One global step on a (distributed) batch; returns the losses averaged over replicas."""
+        """One global step on a (distributed) batch; returns the losses averaged over replicas.
+
+        NOTE: on CPU the step runs with grappler's remapper off. TF 2.21's remapper fails on this graph (a leaky
+        ReLU's gradient reads the bias add it would fuse into the conv), logs an E-level "remapper failed" line
+        and leaves the graph as it was; skipping it gives the same step time (V3, batch 4: 3.05-3.09 vs
+        3.13-3.30 s) without the line, and the first step is traced and optimised 2-10 s sooner. Inference and
+        validation keep it (their conv + bias fusions succeed).
+        """
         if self._train_step is None:
             strategy = self.strategy
-            if strategy.num_replicas_in_sync == 1 and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            if strategy.num_replicas_in_sync == 1 and not multi_worker:
                 signature = self.batch_signature(self.cfg.training.batch_size)
             else:
                 signature = None  # distributed values: traced once from the distributed dataset's element spec
@@ -257,7 +265,22 @@ class Trainer:
 
             self._train_step = tf.function(step_fn, input_signature=[signature] if signature else None, autograph=False,
                                            reduce_retracing=True)
-        return self._train_step(batch)
+            self._step_options = {} if tf.config.list_logical_devices("GPU") else {"remapping": False}
+        with grappler_options(**self._step_options):
+            return self._train_step(batch)
+
+
+@contextlib.contextmanager
+def grappler_options(**options: bool):
+    """Grappler options for the tf.function calls made inside (TF reads them at each call); the earlier
+    settings are back afterwards."""
+    saved = tf.config.optimizer.get_experimental_options()
+    tf.config.optimizer.set_experimental_options(options)
+    try:
+        yield
+    finally:
+        # Options unset before go back to their default (on); set_experimental_options cannot unset a key.
+        tf.config.optimizer.set_experimental_options({**{name: True for name in options}, **saved})
 
 
 # --- validation --------------------------------------------------------------------------------------------

@@ -72,5 +72,6 @@ def test_multi_worker_mirrored_strategy_two_processes(tmp_path):
     for a, b in zip(w0, w1):
         np.testing.assert_array_equal(a, b)
     # Only the chief (worker 0) writes the checkpoint directory.
-    assert sorted(os.listdir(tmp_path / "ckpt"))[:3] == ["audio_fingerprint.json", "checkpoint", "ckpt-1.data-00000-of-00001"]
+    written = sorted(os.listdir(tmp_path / "ckpt"))[:3]
+    assert written == ["audio_fingerprint.json", "checkpoint", "ckpt-1.data-00000-of-00001"]
     assert all("loss" in out for out in outputs)
