@@ -9,8 +9,12 @@ import logging
 import sys
 import time
 
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
 from pipeline.config import load_config
 from pipeline.filelist import FilelistError, read_lines
+from pipeline.paths import PathError
 
 
 def parse_args(argv=None):
@@ -37,6 +41,7 @@ def main(argv=None):
     start = time.time()
     try:
         config = load_config(args.config)
+        FileSystems.set_options(PipelineOptions(beam_args))  # e.g. s3:// credentials, for the reads below
         for filelist in (args.train_filelist, args.val_filelist):
             read_lines(filelist)  # fail early, before TensorFlow loads, on a missing filelist
         # Beam's job and TensorFlow are imported once the inputs are known to be there: errors are fast.
@@ -51,7 +56,7 @@ def main(argv=None):
         return 2
     try:
         manifest = run(config, options, beam_args)
-    except FilelistError as e:
+    except (FilelistError, PathError) as e:
         print(f"run_preprocess.py: error: {e}", file=sys.stderr)
         return 2
     print(f"Wrote {args.output_dir} in {time.time() - start:.1f} s wall:")

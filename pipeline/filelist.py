@@ -15,6 +15,8 @@ from typing import Mapping
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.paths import check_filesystem, first_line
+
 
 class FilelistError(ValueError):
     """A filelist that cannot be read; the message is one line naming the file."""
@@ -46,11 +48,12 @@ def audio_path(audio_root: str, listed: str) -> str:
 
 def read_lines(path: str) -> list[str]:
     """The lines of a local or Beam-filesystem text file; FilelistError if it cannot be read."""
+    check_filesystem(path, "filelist")
     try:
         with FileSystems.open(path) as f:
             text = f.read().decode("utf-8")
     except Exception as e:  # Beam raises BeamIOError, OSError or filesystem-specific errors.
-        why = "not found" if not FileSystems.exists(path) else f"{type(e).__name__}: {e}"
+        why = "not found" if not FileSystems.exists(path) else first_line(e)
         raise FilelistError(f"{path}: cannot read filelist ({why})") from None
     return text.splitlines()
 

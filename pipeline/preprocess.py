@@ -49,6 +49,7 @@ from pipeline.config import AudioConfig, HiFiGANConfig
 from pipeline.filelist import ClipEntry, read_filelists, rejection
 from pipeline.manifest import MANIFEST_NAME, REJECTED_NAME, SPLITS, Manifest
 from pipeline.mel import MelExtractor
+from pipeline.paths import check_filesystem, check_writable
 from pipeline.schema import AUDIO_ENCODINGS, to_example
 from pipeline.teacher import TeacherMelError, load_teacher_mel
 
@@ -520,7 +521,15 @@ def local_defaults(beam_args: list[str]) -> list[str]:
 def run(config: HiFiGANConfig, options: PreprocessOptions, beam_args: list[str] | None = None) -> Manifest:
     """Builds and runs the job with Beam options ``beam_args`` (runner flags, see :func:`local_defaults`); returns
     the written manifest."""
-    p = beam.Pipeline(options=PipelineOptions(local_defaults(beam_args or [])))
+    pipeline_options = PipelineOptions(local_defaults(beam_args or []))
+    FileSystems.set_options(pipeline_options)
+    paths = {options.output_dir: "output directory", options.audio_root: "audio root",
+             options.base_mels_path: "teacher mel directory", **{f: "filelist" for f in options.filelists.values()}}
+    for path, what in paths.items():
+        if path is not None:
+            check_filesystem(path, what)  # one line now, not a worker's traceback later
+    check_writable(options.output_dir)
+    p = beam.Pipeline(options=pipeline_options)
     build_pipeline(p, config, options)
     result = p.run()
     result.wait_until_finish()

@@ -352,7 +352,15 @@ def test_cli_one_line_errors(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"resblock": "1"}))
     bad_config = _cli("--config", str(bad), "--output_dir", str(tmp_path / "out"))
-    for result, words in ((missing, "nope.txt: cannot read filelist"), (bad_config, "bad.json: config key")):
+    # Paths the job could not write or read: found before it starts, not as a worker's traceback.
+    (tmp_path / "a_file").write_text("")
+    under_a_file = _cli("--output_dir", str(tmp_path / "a_file" / "out"))
+    unknown_scheme = _cli("--output_dir", "nosuchfs://bucket/out")
+    remote_filelist = _cli("--train_filelist", "nosuchfs://bucket/train.txt", "--output_dir", str(tmp_path / "out"))
+    for result, words in ((missing, "nope.txt: cannot read filelist"), (bad_config, "bad.json: config key"),
+                          (under_a_file, "a_file/out: cannot write to this output directory: NotADirectoryError"),
+                          (unknown_scheme, "nosuchfs://bucket/out: Beam cannot use the output directory's filesystem"),
+                          (remote_filelist, "nosuchfs://bucket/train.txt: Beam cannot use the filelist's filesystem")):
         assert result.returncode == 2
         assert "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith("run_preprocess.py: error: ")
@@ -369,3 +377,4 @@ def test_cli_runs_and_prints_the_summary(tmp_path):
     assert "train: 3 lines, 2 clips written, 1 rejected" in result.stdout
     assert "val: 1 lines, 1 clips written, 0 rejected" in result.stdout
     assert rejected_lines(tmp_path / "out")[0]["reason"] == "missing_file"
+    assert not [name for name in os.listdir(tmp_path / "out") if "probe" in name]
