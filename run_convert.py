@@ -9,6 +9,7 @@ import logging
 import sys
 
 from model.checkpoint import CheckpointError
+from model.outputs import OutputError
 from model.convert import ConversionError, TorchCheckpointError, convert
 from pipeline.config import ConfigError, load_config
 
@@ -25,7 +26,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config)
         prefix = convert(cfg, args.torch_generator, args.output_dir, args.torch_discriminator)
-    except (ConfigError, TorchCheckpointError, ConversionError, CheckpointError) as e:
+    except (ConfigError, TorchCheckpointError, ConversionError, CheckpointError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {prefix}")

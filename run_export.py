@@ -12,6 +12,7 @@ import logging
 import sys
 
 from model.checkpoint import CheckpointError, restore_generator
+from model.outputs import OutputError
 from model.export import TFLITE_QUANTIZATIONS, ExportError, export
 from pipeline.config import ConfigError, load_config
 
@@ -32,7 +33,7 @@ def main(argv=None) -> int:
         cfg = load_config(args.config) if args.config else None
         generator, cfg = restore_generator(args.checkpoint, cfg)
         results = export(generator, cfg, args.format, args.output, quantizations)
-    except (ConfigError, CheckpointError, ExportError) as e:
+    except (ConfigError, CheckpointError, ExportError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for path, diff in results.items():

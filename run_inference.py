@@ -11,6 +11,7 @@ import logging
 import sys
 
 from model.checkpoint import CheckpointError, restore_generator
+from model.outputs import OutputError
 from model.inference import InputError, Vocoder, vocode_files
 from pipeline.config import ConfigError, load_config
 
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
                           jit_compile=args.jit_compile, backend=args.backend)
         result = vocode_files(vocoder, cfg, args.output_dir, args.input_wavs_dir, args.input_mels_dir,
                               args.input_filelist)
-    except (ConfigError, CheckpointError, InputError) as e:
+    except (ConfigError, CheckpointError, InputError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {len(result.written)} files to {args.output_dir}; {len(result.failed)} failed")

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from model.checkpoint import CheckpointError
+from model.outputs import OutputError
 from model.data import DataError
 from pipeline.config import ConfigError, load_config
 
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
         cfg = load_config(args.config)
         options = TrainOptions(**{k: v for k, v in vars(args).items() if k != "config"})
         train(cfg, options)
-    except (ConfigError, DataError, CheckpointError, TrainingError) as e:
+    except (ConfigError, DataError, CheckpointError, TrainingError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

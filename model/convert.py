@@ -16,6 +16,7 @@ import tempfile
 import tensorflow as tf
 
 from model.checkpoint import CHECKPOINT_NAME, write_json_beside
+from model.outputs import writable_dir
 from model.torch_checkpoint import TorchCheckpointError, load_torch_file, state_dict
 from pipeline.config import HiFiGANConfig
 
@@ -77,10 +78,9 @@ def convert(cfg: HiFiGANConfig, generator_path: str, output_dir: str, discrimina
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
         raise ConversionError(f"{output_dir}: exists and is not an empty directory")
+    parent = writable_dir(os.path.dirname(output_dir), "output directory's parent")
     objects = build_models(cfg, generator_path, discriminator_path)
     step, epoch = objects.pop("step"), objects.pop("epoch")
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.", dir=parent)
     umask = os.umask(0)
     os.umask(umask)

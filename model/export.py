@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from model.outputs import writable_dir
 from pipeline.config import HiFiGANConfig
 
 log = logging.getLogger(__name__)
@@ -148,21 +149,22 @@ def export(generator, cfg: HiFiGANConfig, fmt: str, output: str,
     ``fmt`` "saved_model": ``output`` is the SavedModel directory. "tflite": with one quantization, ``output`` is
     the .tflite path; with several, a directory receiving generator_<quantization>.tflite for each.
     """
+    if fmt not in ("saved_model", "tflite"):
+        raise ExportError(f"--format: {fmt!r} is not saved_model or tflite")
+    one_file = fmt == "tflite" and len(quantizations) == 1
+    writable_dir(os.path.dirname(os.path.abspath(output)) if one_file else output, "export directory")
     _prepare(generator)
     results = {}
     if fmt == "saved_model":
         export_saved_model(generator, cfg, output)
         results[output] = check_saved_model(output, generator, cfg)
-    elif fmt == "tflite":
+    else:
         for quantization in quantizations:
-            path = output if len(quantizations) == 1 else os.path.join(output, f"generator_{quantization}.tflite")
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            path = output if one_file else os.path.join(output, f"generator_{quantization}.tflite")
             model = tflite_bytes(generator, cfg, quantization)
             with open(path, "wb") as f:
                 f.write(model)
             results[path] = check_tflite(path, generator, cfg)
-    else:
-        raise ExportError(f"--format: {fmt!r} is not saved_model or tflite")
     for path, diff in results.items():
         log.info("%s: max |export - keras| = %.3g", path, diff)
     return results

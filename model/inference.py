@@ -21,6 +21,7 @@ import soundfile as sf
 import tensorflow as tf
 from tqdm import tqdm
 
+from model.outputs import writable_dir
 from pipeline.audio import AudioError, load_audio
 from pipeline.config import LOG_FLOOR_VALUE, GeneratorConfig, HiFiGANConfig
 from pipeline.mel import MelExtractor
@@ -256,12 +257,12 @@ def _list_inputs(directory: str, extensions: tuple[str, ...], filelist: str | No
         if not names:
             raise InputError(f"{directory}: no {'/'.join(extensions)} files")
         return [os.path.join(directory, n) for n in names]
-    from pipeline.filelist import FilelistError, read_lines
-
-    try:
-        lines = [line.split("|", 1)[0].strip() for line in read_lines(filelist) if line.strip()]
-    except FilelistError as e:
-        raise InputError(str(e)) from None
+    try:  # a local file, as the input directory is (no Beam import, and its log lines, for it)
+        with open(filelist, encoding="utf-8") as f:
+            lines = [line.split("|", 1)[0].strip() for line in f.read().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        why = "not found" if isinstance(e, FileNotFoundError) else getattr(e, "strerror", None) or str(e)
+        raise InputError(f"{filelist}: cannot read filelist ({why})") from None
     if not lines:
         raise InputError(f"{filelist}: empty filelist")
     paths = []
@@ -285,6 +286,7 @@ def vocode_files(vocoder: Vocoder, cfg: HiFiGANConfig, output_dir: str, input_wa
         raise InputError("give exactly one of input_wavs_dir and input_mels_dir")
     paths = _list_inputs(input_wavs_dir, AUDIO_EXTENSIONS, filelist) if input_wavs_dir else \
         _list_inputs(input_mels_dir, (".npy",), filelist)
+    writable_dir(output_dir, "output directory")
     extractor = MelExtractor(cfg.audio) if input_wavs_dir else None
     mels, failed = {}, []
     for path in tqdm(paths, desc="reading", unit="file", disable=len(paths) < 20):
@@ -301,7 +303,6 @@ def vocode_files(vocoder: Vocoder, cfg: HiFiGANConfig, output_dir: str, input_wa
         except InputError as e:
             log.error("%s: %s", path, e)
             failed.append((path, str(e)))
-    os.makedirs(output_dir, exist_ok=True)
     order = sorted(mels, key=lambda p: mels[p].shape[0])
     groups, current, size = [], [], 0
     for path in order:

@@ -24,6 +24,7 @@ from model.discriminators import MultiPeriodDiscriminator, MultiScaleDiscriminat
 from model.generator import Generator
 from model.logging_utils import logger, multi_resolution_stft_distance, stdout_line, write_clip, write_scalars
 from model.losses import MelSpectrogram, discriminator_loss, feature_matching_loss, generator_adversarial_loss
+from model.outputs import writable_dir
 from pipeline.config import HiFiGANConfig
 
 PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
@@ -400,6 +401,8 @@ def train(cfg: HiFiGANConfig, options: TrainOptions, strategy: tf.distribute.Str
     trainer.history = []
     strategy = trainer.strategy
     chief = _worker_is_chief(strategy)
+    if chief:
+        writable_dir(options.checkpoint_path, "checkpoint directory")
     save_dir = options.checkpoint_path if chief else tempfile.mkdtemp(prefix="hifigan_worker_")
     manager = tf.train.CheckpointManager(trainer.checkpoint, save_dir, max_to_keep=options.max_to_keep,
                                          checkpoint_name=ckpt_lib.CHECKPOINT_NAME)

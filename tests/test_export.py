@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import run_convert
 import run_export
+import run_inference
 from model.checkpoint import restore_generator
 from model.convert import convert
 from model.export import TFLITE_QUANTIZATIONS, TFLiteVocoder, example_mel
 from pipeline.config import load_config
+from tests.conftest import chirp_with_noise, write_audio
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 # Max |export - keras| on audio peaking near 0.3: float32 graphs differ only in rounding; float16 weights carry
@@ -74,3 +77,30 @@ def test_tflite_flavours_match_keras_after_resizing(quantization, model, tflite_
 def test_quantised_files_are_smaller(tflite_dir):
     sizes = {q: os.path.getsize(tflite_dir / f"generator_{q}.tflite") for q in TFLITE_QUANTIZATIONS}
     assert sizes["float16"] < sizes["float32"] and sizes["dynamic_range"] < sizes["float32"]
+
+
+def test_unwritable_outputs_are_one_line_errors(checkpoint, model, tmp_path, capsys):
+    """An output path under a file: run_export, run_inference and run_convert each say so in one line, with exit
+    status 2, before the work (no export, vocoding or conversion is attempted)."""
+    (tmp_path / "a_file").write_text("")
+    blocked = str(tmp_path / "a_file" / "out")
+    sr = model[1].audio.sampling_rate
+    wavs = tmp_path / "wavs"
+    write_audio(wavs / "clip.wav", chirp_with_noise(0.2, sr), sr)
+    runs = {
+        "export directory": (run_export.main, ["--checkpoint", checkpoint, "--format", "saved_model",
+                                               "--output", blocked]),
+        "export directory ": (run_export.main, ["--checkpoint", checkpoint, "--format", "tflite",
+                                                "--tflite_quantization", "float32", "--output", blocked + "/g.tflite"]),
+        "output directory": (run_inference.main, ["--checkpoint", checkpoint, "--input_wavs_dir", str(wavs),
+                                                   "--output_dir", blocked]),
+        "output directory's parent": (run_convert.main, ["--config", os.path.join(FIXTURES, "ckpt_config.json"),
+                                                         "--torch_generator", os.path.join(FIXTURES, "ckpt_g_zip"),
+                                                         "--output_dir", blocked + "/ckpt"]),
+    }
+    for what, (main, argv) in runs.items():
+        capsys.readouterr()
+        assert main(argv) == 2, what
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and f"cannot write to this {what.strip()} (" in errors[0], errors
+        assert "a_file" in errors[0] and "not a directory" in errors[0], errors

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from model import checkpoint as ckpt_lib
+from model.outputs import OutputError
 from model.train import Trainer, TrainingError, TrainOptions, train
 from pipeline.config import load_config
 from tests.train_helpers import config_file, debug_config, tone_clip, tone_shards, write_shards
@@ -147,6 +148,13 @@ def test_train_step_logs_no_grappler_failure(tmp_path, capfd):
     assert len(trainer.history) == 2 and all(np.isfinite(h["gen_loss_total"]) for h in trainer.history)
     assert "remapper failed" not in capfd.readouterr().err
     assert tf.config.optimizer.get_experimental_options().get("remapping", True)
+
+
+def test_unwritable_checkpoint_directory_is_refused_before_training(tmp_path):
+    tone_shards(tmp_path / "data", CFG, num_train=2, num_val=1)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OutputError, match="a_file/ckpt: cannot write to this checkpoint directory .*not a directory"):
+        train(CFG, options(tmp_path / "data", tmp_path / "a_file" / "ckpt", 1))
 
 
 def test_cli_refuses_shards_of_another_fingerprint(tmp_path):
