@@ -9,8 +9,8 @@ import logging
 import sys
 
 from model.checkpoint import CheckpointError
-from model.outputs import OutputError
 from model.convert import ConversionError, TorchCheckpointError, convert
+from model.outputs import OutputError
 from pipeline.config import ConfigError, load_config
 
 

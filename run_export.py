@@ -12,8 +12,8 @@ import logging
 import sys
 
 from model.checkpoint import CheckpointError, restore_generator
-from model.outputs import OutputError
 from model.export import TFLITE_QUANTIZATIONS, ExportError, export
+from model.outputs import OutputError
 from pipeline.config import ConfigError, load_config
 
 

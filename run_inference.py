@@ -11,8 +11,8 @@ import logging
 import sys
 
 from model.checkpoint import CheckpointError, restore_generator
-from model.outputs import OutputError
 from model.inference import InputError, Vocoder, vocode_files
+from model.outputs import OutputError
 from pipeline.config import ConfigError, load_config
 
 

@@ -7,8 +7,8 @@ import logging
 import sys
 
 from model.checkpoint import CheckpointError
-from model.outputs import OutputError
 from model.data import DataError
+from model.outputs import OutputError
 from pipeline.config import ConfigError, load_config
 
 
