@@ -22,13 +22,12 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from model.outputs import writable_dir
-from pipeline.audio import AudioError, load_audio
+from pipeline.audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from pipeline.config import LOG_FLOOR_VALUE, GeneratorConfig, HiFiGANConfig
 from pipeline.mel import MelExtractor
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 OUTPUT_SUFFIX = "_generated.wav"
 # Natural-log HiFi-GAN mels of speech: max below ~2.5, min at or above log(1e-5), mean around -5 .. -7.
 MEL_MAX_PLAUSIBLE = 2.5

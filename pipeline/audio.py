@@ -13,6 +13,9 @@ PEAK_NORMALISED = 0.95
 # A clip whose peak is below this (about -80 dBFS, three 16-bit LSB) is treated as silent: normalising it
 # would divide by (almost) zero.
 SILENCE_PEAK = 1e-4
+# Suffixes of the audio files the tools take (what libsndfile decodes). A filelist entry ending in one of them is a
+# file name; any other entry, dotted or not ("LJ001-0001", "spk.v2_0001"), is a stem that gets ".wav".
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".caf")
 
 
 class AudioError(ValueError):
