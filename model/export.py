@@ -152,6 +152,11 @@ def export(generator, cfg: HiFiGANConfig, fmt: str, output: str,
     if fmt not in ("saved_model", "tflite"):
         raise ExportError(f"--format: {fmt!r} is not saved_model or tflite")
     one_file = fmt == "tflite" and len(quantizations) == 1
+    if one_file and os.path.isdir(output):
+        raise ExportError(f"{output}: a directory; with one --tflite_quantization, --output is the .tflite file")
+    if fmt == "tflite" and not one_file and output.lower().endswith(".tflite"):
+        raise ExportError(f"{output}: a .tflite name for {len(quantizations)} flavours; give --tflite_quantization "
+                          f"(one of {', '.join(quantizations)}) or a directory")
     writable_dir(os.path.dirname(os.path.abspath(output)) if one_file else output, "export directory")
     _prepare(generator)
     results = {}

@@ -96,6 +96,10 @@ class Vocoder:
             generator.remove_weight_norm()
         self.generator = generator
         self.num_mels, self.hop_size = cfg.audio.num_mels, cfg.audio.hop_size
+        for name, value, low in (("chunk_frames", chunk_frames, 1), ("max_batch_frames", max_batch_frames, 1),
+                                 ("context_frames", 0 if context_frames is None else context_frames, 0)):
+            if value < low:
+                raise InputError(f"{name} must be >= {low}, got {value}")
         self.context = receptive_field_frames(cfg.generator) if context_frames is None else context_frames
         self.chunk_frames = chunk_frames
         self.max_batch_frames = max_batch_frames
@@ -202,8 +206,15 @@ def load_mel_file(path: str, num_mels: int) -> np.ndarray:
     try:
         mel = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise InputError(f"unreadable .npy ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__})") \
-            from None
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "pickled" in why:  # numpy's guess for any file without the .npy header
+            why = "no .npy header; pickled data is not loaded"
+        elif "Object arrays" in why:
+            why = "an object array; Python objects are not loaded"
+        raise InputError(f"unreadable .npy ({why})") from None
+    if not isinstance(mel, np.ndarray):  # an .npz archive under a .npy name
+        mel.close()
+        raise InputError("an .npz archive, not a .npy array")
     if mel.ndim == 3 and mel.shape[0] == 1:
         mel = mel[0]
     if mel.ndim != 2:
@@ -240,6 +251,11 @@ def mel_from_audio_file(path: str, extractor: MelExtractor) -> np.ndarray:
     return mel
 
 
+def output_path(output_dir: str, input_path: str) -> str:
+    """``output_dir/<stem>_generated.wav`` for an input file."""
+    return os.path.join(output_dir, os.path.splitext(os.path.basename(input_path))[0] + OUTPUT_SUFFIX)
+
+
 @dataclasses.dataclass
 class InferenceResult:
     written: list[str]
@@ -266,8 +282,14 @@ def _list_inputs(directory: str, extensions: tuple[str, ...], filelist: str | No
         raise InputError(f"{filelist}: empty filelist")
     paths = []
     for listed in lines:
-        stem, ext = os.path.splitext(os.path.basename(listed))
-        paths.append(os.path.join(directory, stem + (ext if ext.lower() in extensions else extensions[0])))
+        name = os.path.basename(listed)
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in extensions:
+            paths.append(os.path.join(directory, name))
+        elif ext.lower() in AUDIO_EXTENSIONS + (".npy",):  # "wavs/LJ001-0001.wav" names LJ001-0001.npy's mel
+            paths.append(os.path.join(directory, stem + extensions[0]))
+        else:  # a stem, dotted or not ("LJ001-0001", "spk.v2_01"), as in preprocessing
+            paths.append(os.path.join(directory, name + extensions[0]))
     return paths
 
 
@@ -287,9 +309,15 @@ def vocode_files(vocoder: Vocoder, cfg: HiFiGANConfig, output_dir: str, input_wa
         _list_inputs(input_mels_dir, (".npy",), filelist)
     writable_dir(output_dir, "output directory")
     extractor = MelExtractor(cfg.audio) if input_wavs_dir else None
-    mels, failed = {}, []
+    mels, failed, outputs = {}, [], {}
     for path in tqdm(paths, desc="reading", unit="file", disable=len(paths) < 20):
         try:
+            out = output_path(output_dir, path)
+            if out in outputs:  # "a.flac" and "a.ogg": one output name
+                raise InputError(f"same output {os.path.basename(out)} as {outputs[out]}; not vocoded")
+            outputs[out] = path
+            if os.path.isdir(path):
+                raise InputError("is a directory")
             if not os.path.isfile(path):
                 raise InputError("not found")
             if extractor is not None:
@@ -315,7 +343,7 @@ def vocode_files(vocoder: Vocoder, cfg: HiFiGANConfig, output_dir: str, input_wa
     written = []
     for group in tqdm(groups, desc="vocoding", unit="group", disable=len(groups) < 2):
         for path, audio in zip(group, vocoder([mels[p] for p in group], progress=len(groups) < 2)):
-            out = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0] + OUTPUT_SUFFIX)
+            out = output_path(output_dir, path)
             write_wav(out, audio, cfg.audio.sampling_rate)
             written.append(out)
     return InferenceResult(written=written, failed=failed)

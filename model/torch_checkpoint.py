@@ -257,10 +257,13 @@ def load_torch_file(path: str) -> Any:
     Raises TorchCheckpointError (one line naming the file) for missing, corrupt or refused files.
     """
     if not os.path.isfile(path):
-        raise TorchCheckpointError(f"{path}: no such file")
+        raise TorchCheckpointError(f"{path}: {'a directory, not a file' if os.path.isdir(path) else 'no such file'}")
     try:
         if zipfile.is_zipfile(path):
             return _load_zip(path)
+        with open(path, "rb") as f:
+            if f.read(4) == b"PK\x03\x04":  # a zip's first entry, but no central directory at the end
+                raise TorchCheckpointError(f"{path}: truncated or corrupt zip archive (no central directory)")
         return _load_legacy(path)
     except OSError as e:
         raise TorchCheckpointError(f"{path}: cannot read ({e.strerror or e})") from None

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 from typing import Any, Mapping
 
 # NOTE: the original clamps magnitudes at 1e-5 before the natural log; padding a log-mel with anything else
@@ -338,6 +337,8 @@ def load_config(path: str) -> HiFiGANConfig:
                 text = f.read()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}), so not a JSON config") from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
@@ -345,4 +346,4 @@ def load_config(path: str) -> HiFiGANConfig:
     try:
         return config_from_dict(raw)
     except ConfigError as e:
-        raise ConfigError(f"{os.path.basename(path)}: {e}") from None
+        raise ConfigError(f"{path}: {e}") from None

@@ -117,3 +117,7 @@ def test_load_config_errors_name_the_file(tmp_path):
     bad_value.write_text(json.dumps(raw_config(win_size=4096)))
     with pytest.raises(ConfigError, match="bad_value.json: config key 'win_size'"):
         load_config(str(bad_value))
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00\x01garbage")
+    with pytest.raises(ConfigError, match=r"binary.json: not UTF-8 text \(byte 0\)"):
+        load_config(str(binary))

@@ -104,3 +104,18 @@ def test_unwritable_outputs_are_one_line_errors(checkpoint, model, tmp_path, cap
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and f"cannot write to this {what.strip()} (" in errors[0], errors
         assert "a_file" in errors[0] and "not a directory" in errors[0], errors
+
+
+def test_tflite_output_that_does_not_fit_the_flavours_is_refused(checkpoint, tmp_path, capsys):
+    """One flavour names a file (not an existing directory); several name a directory (not a .tflite name)."""
+    (tmp_path / "a_dir").mkdir()
+    one_into_dir = ["--checkpoint", checkpoint, "--format", "tflite", "--tflite_quantization", "float16",
+                    "--output", str(tmp_path / "a_dir")]
+    all_into_file = ["--checkpoint", checkpoint, "--format", "tflite", "--output", str(tmp_path / "g.tflite")]
+    for argv, words in ((one_into_dir, "a_dir: a directory; with one --tflite_quantization"),
+                        (all_into_file, "g.tflite: a .tflite name for 3 flavours")):
+        capsys.readouterr()
+        assert run_export.main(argv) == 2
+        errors = capsys.readouterr().err.strip().splitlines()
+        assert len(errors) == 1 and words in errors[0], errors
+    assert os.listdir(tmp_path) == ["a_dir"] and not os.listdir(tmp_path / "a_dir")

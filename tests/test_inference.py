@@ -133,6 +133,11 @@ def test_mels_in_every_layout_match_the_original(checkpoint, model, expected, tm
     np.save(mels / "f_empty.npy", mel[:, :0])
     np.save(mels / "g_nan.npy", np.where(np.arange(mel.shape[1]) == 3, np.nan, mel))
     (mels / "h_corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    with open(mels / "i_npz.npy", "wb") as f:  # np.savez's archive under a .npy name
+        np.savez(f, mel=mel)
+    np.save(mels / "j_pickled.npy", np.array([{"mel": 1}], dtype=object), allow_pickle=True)
+    (mels / "k_dir.npy").mkdir()
+    (mels / "l_random.npy").write_bytes(np.random.default_rng(0).bytes(64))
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING):
         code = run_inference.main(["--checkpoint", checkpoint, "--input_mels_dir", str(mels),
@@ -141,8 +146,13 @@ def test_mels_in_every_layout_match_the_original(checkpoint, model, expected, tm
     stems = ["a_orig", "b_batch", "c_frames_first", "d_log10"]
     assert sorted(os.listdir(out)) == [f"{s}_generated.wav" for s in stems]
     failed = {r.getMessage().split(":")[0]: r.getMessage() for r in caplog.records if r.levelno == logging.ERROR}
-    assert sorted(failed) == [str(mels / f"{s}.npy") for s in ("e_wrong_count", "f_empty", "g_nan", "h_corrupt")]
+    bad = ("e_wrong_count", "f_empty", "g_nan", "h_corrupt", "i_npz", "j_pickled", "k_dir", "l_random")
+    assert sorted(failed) == [str(mels / f"{s}.npy") for s in bad]
     assert "num_mels = 80" in failed[str(mels / "e_wrong_count.npy")]
+    assert failed[str(mels / "i_npz.npy")].endswith("an .npz archive, not a .npy array")
+    assert failed[str(mels / "j_pickled.npy")].endswith("(an object array; Python objects are not loaded)")
+    assert failed[str(mels / "l_random.npy")].endswith("(no .npy header; pickled data is not loaded)")
+    assert failed[str(mels / "k_dir.npy")].endswith("is a directory")
     assert "NaN" in failed[str(mels / "g_nan.npy")] and "empty" in failed[str(mels / "f_empty.npy")]
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "model.inference"]
     assert len(warned) == 1 and "d_log10.npy" in warned[0]
@@ -169,13 +179,39 @@ def test_filelist_selects_inputs_and_reports_missing_ones(checkpoint, expected, 
     for stem in ("LJ001-0001", "LJ001-0002"):
         np.save(mels / f"{stem}.npy", expected["generator/mel"])
     filelist = tmp_path / "val.txt"
-    filelist.write_text("LJ001-0002|some text|some text\nLJ009-0009|missing|missing\n")
+    np.save(mels / "spk.v2_0001.npy", expected["generator/mel"])
+    # A dotted id is a stem (".v2_0001" is no extension); an audio path names its stem's mel.
+    filelist.write_text("LJ001-0002|some text|some text\nLJ009-0009|missing|missing\nspk.v2_0001|dotted\n"
+                        "wavs/LJ001-0001.wav|a path\n")
     with caplog.at_level(logging.ERROR):
         code = run_inference.main(["--checkpoint", checkpoint, "--input_mels_dir", str(mels), "--input_filelist",
                                    str(filelist), "--output_dir", str(tmp_path / "out")])
-    assert code == 1 and os.listdir(tmp_path / "out") == ["LJ001-0002_generated.wav"]
+    assert code == 1
+    assert sorted(os.listdir(tmp_path / "out")) == \
+        ["LJ001-0001_generated.wav", "LJ001-0002_generated.wav", "spk.v2_0001_generated.wav"]
     assert [r.getMessage() for r in caplog.records if r.name == "model.inference"] == \
         [f"{mels / 'LJ009-0009.npy'}: not found"]
+
+
+def test_inputs_with_one_output_name_and_bad_options(checkpoint, tmp_path, caplog, capsys):
+    """a.flac and a.ogg would both write a_generated.wav: the second is reported, not silently overwritten; a
+    chunk or batch size below one frame is refused in one line."""
+    wavs = tmp_path / "wavs"
+    for name, fmt in (("a.flac", "FLAC"), ("a.ogg", "OGG"), ("b.mp3", "MP3")):
+        write_audio(wavs / name, chirp_with_noise(0.3, 8000, seed=len(name)), 8000, format=fmt,
+                    subtype={"FLAC": "PCM_16", "OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}[fmt])
+    with caplog.at_level(logging.ERROR):
+        code = run_inference.main(["--checkpoint", checkpoint, "--input_wavs_dir", str(wavs),
+                                   "--output_dir", str(tmp_path / "out")])
+    assert code == 1
+    assert sorted(os.listdir(tmp_path / "out")) == ["a_generated.wav", "b_generated.wav"]
+    assert [r.getMessage() for r in caplog.records if r.name == "model.inference"] == \
+        [f"{wavs / 'a.ogg'}: same output a_generated.wav as {wavs / 'a.flac'}; not vocoded"]
+    for flag in ("--chunk_frames", "--max_batch_frames"):
+        capsys.readouterr()
+        assert run_inference.main(["--checkpoint", checkpoint, "--input_wavs_dir", str(wavs), flag, "0",
+                                   "--output_dir", str(tmp_path / "out2")]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {flag[2:]} must be >= 1, got 0"
 
 
 def test_tflite_backend_equals_tensorflow(model):

@@ -124,5 +124,11 @@ def test_broken_files_give_one_line_errors(tmp_path):
         assert str(path) in str(err.value) and "\n" not in str(err.value), name
     with pytest.raises(TorchCheckpointError, match="no such file"):
         load_torch_file(str(tmp_path / "absent"))
+    with pytest.raises(TorchCheckpointError, match="a directory, not a file"):
+        load_torch_file(str(tmp_path))
+    truncated_zip = tmp_path / "truncated_zip"
+    truncated_zip.write_bytes(open(fixture("ckpt_g_zip"), "rb").read()[:3000])
+    with pytest.raises(TorchCheckpointError, match="truncated_zip: truncated or corrupt zip archive"):
+        load_torch_file(str(truncated_zip))
     with pytest.raises(TorchCheckpointError, match="no 'generator' entry"):
         state_dict(load_torch_file(fixture("ckpt_tensors_zip")), "generator", "tensors")
