@@ -1,20 +1,26 @@
 """Preprocess audio filelists into TFRecord shards with Apache Beam (see pipeline/preprocess.py).
 
 Flags this script does not know are Beam's (--runner, --direct_num_workers, --direct_running_mode, Dataflow's
---project/--region/--temp_location/--setup_file, ...). With no flag it runs on the demo corpus in demo/wavs.
+--project/--region/--temp_location/--setup_file, ...); one that looks like a misspelling of ours (--audio-root,
+--trian_filelist) is an error. With no flag it runs on the demo corpus in demo/wavs.
 """
 
 import argparse
+import difflib
 import logging
 import sys
 import time
 
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+# NOTE: importing Beam logs "apitools not found ..." through the root logger (its optional BigQuery client; not
+# used here). The filter drops that line; force=True in main() replaces the handler that log call set up.
+logging.getLogger().addFilter(lambda record: not record.getMessage().startswith("apitools not found"))
 
-from pipeline.config import load_config
-from pipeline.filelist import FilelistError, read_lines
-from pipeline.paths import PathError
+from apache_beam.io.filesystems import FileSystems  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.filelist import FilelistError, read_lines  # noqa: E402
+from pipeline.paths import PathError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -32,12 +38,39 @@ def parse_args(argv=None):
                         "difference between a teacher mel and its audio that is trimmed away, not rejected")
     parser.add_argument("--max_seconds", type=float, default=60.0, help="reject clips longer than this")
     parser.add_argument("--audio_encoding", default="int16", help="how records store audio: int16 (PCM) or float32")
-    return parser.parse_known_args(argv)
+    args, beam_args = parser.parse_known_args(argv)
+    misspelled = misspelled_flag(parser, beam_args)
+    if misspelled:
+        parser.exit(2, f"{parser.prog}: error: {misspelled}\n")  # one line, not argparse's usage and error
+    return args, beam_args
+
+
+def misspelled_flag(parser: argparse.ArgumentParser, beam_args: list[str]) -> str | None:
+    """A one-line error for the first unknown flag that looks like one of ours misspelled (``--audio-root``,
+    ``--trian_filelist``), else None.
+
+    NOTE: Beam only warns "Discarding unparseable args" for a flag it does not know, and the job would run on our
+    defaults. Flags Beam knows pass through; others are not checked (runners register their own).
+    """
+    ours = [o[2:] for action in parser._actions for o in action.option_strings if o.startswith("--") and o != "--help"]
+    beams = set(PipelineOptions([]).get_all_options())
+    for arg in beam_args:
+        if not arg.startswith("--"):
+            continue
+        name = arg[2:].split("=", 1)[0]
+        if name in beams:
+            continue
+        match = [name.replace("-", "_")] if name.replace("-", "_") in ours else \
+            difflib.get_close_matches(name, ours, n=1, cutoff=0.8)
+        if match:
+            return f"unknown flag --{name} (did you mean --{match[0]}?)"
+    return None
 
 
 def main(argv=None):
     args, beam_args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # its INFO lines are about its own internals
     start = time.time()
     try:
         config = load_config(args.config)
@@ -45,7 +78,7 @@ def main(argv=None):
         for filelist in (args.train_filelist, args.val_filelist):
             read_lines(filelist)  # fail early, before TensorFlow loads, on a missing filelist
         # Beam's job and TensorFlow are imported once the inputs are known to be there: errors are fast.
-        from pipeline.preprocess import PreprocessOptions, run
+        from pipeline.preprocess import PreprocessError, PreprocessOptions, run
 
         options = PreprocessOptions(
             filelists={"train": args.train_filelist, "val": args.val_filelist}, audio_root=args.audio_root,
@@ -56,7 +89,7 @@ def main(argv=None):
         return 2
     try:
         manifest = run(config, options, beam_args)
-    except (FilelistError, PathError) as e:
+    except (FilelistError, PathError, PreprocessError) as e:
         print(f"run_preprocess.py: error: {e}", file=sys.stderr)
         return 2
     print(f"Wrote {args.output_dir} in {time.time() - start:.1f} s wall:")

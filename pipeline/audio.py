@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import soundfile as sf
@@ -36,10 +37,20 @@ def decode(data: bytes) -> tuple[np.ndarray, int]:
     try:
         samples, sampling_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioError("unreadable", f"cannot decode audio ({str(e).strip() or type(e).__name__})") from None
+        raise AudioError("unreadable", f"cannot decode audio ({_decode_error(e)})") from None
     if samples.shape[0] == 0:
         raise AudioError("empty", "audio has no samples")
     return samples.mean(axis=1, dtype=np.float32), int(sampling_rate)
+
+
+def _decode_error(error: Exception) -> str:
+    """soundfile's reason for a failed decode, on one line, without the repr of the BytesIO it read."""
+    # NOTE: LibsndfileError's str() is "Error opening <_io.BytesIO object at 0x...>: <reason>"; its error_string
+    # is the reason alone. Other errors may name the BytesIO too.
+    text = getattr(error, "error_string", None) or str(error)
+    text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>:?", "", text).strip()
+    lines = text.splitlines()
+    return lines[0].strip().rstrip(".") if lines else type(error).__name__
 
 
 def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:

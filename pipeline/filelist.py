@@ -2,9 +2,14 @@
 
 Two conventions of the original are accepted: a bare stem (``LJ001-0001|text|text``, as in its
 ``filelists/training.txt``), which gets ``.wav``, and a path with its extension
-(``./LJSpeech-1.1/wavs/LJ050-0234.wav|text``), used as it is. Paths are relative to the audio root unless they are
-absolute or a URI. A clip's id is its file stem; records are keyed by id, so a second line with the same id is
-rejected (``duplicate_id``).
+(``./LJSpeech-1.1/wavs/LJ050-0234.wav|text``), used as it is. Only the audio extensions of
+``pipeline.audio.AUDIO_EXTENSIONS`` count as extensions: any other entry, dotted or not (``spk.v2_0001``,
+``x.y.z``), is a stem that gets ``.wav``. Paths are relative to the audio root unless they are absolute or a URI.
+A clip's id is its file name without the audio extension (``x.y.z``, ``LJ001-0001``); records and teacher mels
+(``<id>.npy``) are keyed by id, so a second line with the same id is rejected (``duplicate_id``).
+
+Filelists are UTF-8; a leading byte-order mark is ignored. Only a line's path is used, so a line whose text is
+not valid UTF-8 is still read; one whose path is not is rejected (``unreadable``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Mapping
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.audio import AUDIO_EXTENSIONS
 from pipeline.paths import check_filesystem, first_line
 
 
@@ -38,24 +44,49 @@ def rejection(split: str, path: str, reason: str, detail: str) -> dict[str, str]
 
 
 def audio_path(audio_root: str, listed: str) -> str:
-    """The audio file a filelist path names: ``.wav`` added to a bare stem, joined to ``audio_root``."""
-    if not posixpath.splitext(posixpath.basename(listed))[1]:
+    """The audio file a filelist path names: ``.wav`` added unless it ends in an audio extension, joined to
+    ``audio_root``."""
+    if posixpath.splitext(listed)[1].lower() not in AUDIO_EXTENSIONS:
         listed += ".wav"
     if "://" in listed or posixpath.isabs(listed):
         return listed
     return FileSystems.join(audio_root, posixpath.normpath(listed))
 
 
+def clip_id_of(path: str) -> str:
+    """A clip's id: the file name of its ``audio_path`` without the audio extension."""
+    return posixpath.splitext(posixpath.basename(path))[0]
+
+
 def read_lines(path: str) -> list[str]:
-    """The lines of a local or Beam-filesystem text file; FilelistError if it cannot be read."""
+    """The lines of a local or Beam-filesystem UTF-8 text file, less a leading byte-order mark; FilelistError if it
+    cannot be read.
+
+    Bytes that are not valid UTF-8 are kept as lone surrogates (``errors="surrogateescape"``), so one bad line
+    does not stop the others; ``is_utf8`` tells such a string apart.
+    """
     check_filesystem(path, "filelist")
     try:
         with FileSystems.open(path) as f:
-            text = f.read().decode("utf-8")
+            data = f.read()
     except Exception as e:  # Beam raises BeamIOError, OSError or filesystem-specific errors.
         why = "not found" if not FileSystems.exists(path) else first_line(e)
         raise FilelistError(f"{path}: cannot read filelist ({why})") from None
-    return text.splitlines()
+    return data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff").splitlines()
+
+
+def is_utf8(text: str) -> bool:
+    """False for a string of ``read_lines`` that holds bytes that were not valid UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """A string of ``read_lines`` with its undecodable bytes as U+FFFD, for messages and rejected.jsonl."""
+    return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
 
 
 def read_filelists(filelists: Mapping[str, str], audio_root: str
@@ -74,9 +105,17 @@ def read_filelists(filelists: Mapping[str, str], audio_root: str
                 continue
             num_lines[split] += 1
             listed = line.split("|", 1)[0].strip()
-            path = audio_path(audio_root, listed)
-            clip_id = posixpath.splitext(posixpath.basename(path))[0]
             source = f"{filelist}:{number}"
+            if not listed:
+                # NOTE: not audio_path's "<root>/.wav": a file of that name is no clip of this line.
+                rejected.append(rejection(split, "", "missing_file", f"{source}: line has no path"))
+                continue
+            if not is_utf8(listed):
+                rejected.append(rejection(split, audio_path(audio_root, printable(listed)), "unreadable",
+                                          f"{source}: path is not valid UTF-8"))
+                continue
+            path = audio_path(audio_root, listed)
+            clip_id = clip_id_of(path)
             if clip_id in seen:
                 rejected.append(rejection(split, path, "duplicate_id", f"{source}: id {clip_id} already listed at "
                                           f"{seen[clip_id]}"))

@@ -28,6 +28,16 @@ def check_filesystem(path: str, what: str) -> None:
         raise PathError(f"{path}: Beam cannot use the {what}'s filesystem ({scheme}) here: {why}{hint}") from None
 
 
+def check_directory(path: str, what: str) -> None:
+    """PathError (one line) if ``path`` is a local path that is not an existing directory.
+
+    NOTE: only local paths: object stores (gs://, s3://) have no directories, and FileSystems.exists() of a prefix
+    is False there even when files lie under it.
+    """
+    if isinstance(FileSystems.get_filesystem(path), LocalFileSystem) and not os.path.isdir(path):
+        raise PathError(f"{path}: {what} is not a directory" if os.path.exists(path) else f"{path}: {what} not found")
+
+
 def first_line(error: BaseException) -> str:
     """The innermost cause's message, on one line."""
     while error.__cause__ is not None or error.__context__ is not None:

@@ -49,7 +49,7 @@ from pipeline.config import AudioConfig, HiFiGANConfig
 from pipeline.filelist import ClipEntry, read_filelists, rejection
 from pipeline.manifest import MANIFEST_NAME, REJECTED_NAME, SPLITS, Manifest
 from pipeline.mel import MelExtractor
-from pipeline.paths import check_filesystem, check_writable
+from pipeline.paths import check_directory, check_filesystem, check_writable
 from pipeline.schema import AUDIO_ENCODINGS, to_example
 from pipeline.teacher import TeacherMelError, load_teacher_mel
 
@@ -65,6 +65,10 @@ METRICS_NAMESPACE = "preprocess"
 REJECTED_TAG = "rejected"
 
 _RAW = CompressionTypes.UNCOMPRESSED
+
+
+class PreprocessError(ValueError):
+    """A job that cannot start (e.g. an unknown Beam runner); the message is one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -467,11 +471,15 @@ def _summary_rejection(element):
 def build_pipeline(p: beam.Pipeline, config: HiFiGANConfig, options: PreprocessOptions) -> beam.PCollection:
     """Adds the whole job to ``p``; returns the PCollection of the manifest's JSON (one element).
 
-    Reads the filelists now (FilelistError if one cannot be read). The manifest step is applied last and depends
+    Reads the filelists now (FilelistError if one cannot be read; PathError if lines are relative to a missing
+    local audio root). The manifest step is applied last and depends
     on every other step, so runners that only compute the final step (Beam's DaskRunner) still run all of it.
     Few transforms: each costs the runner ~10 ms to set up, whatever the corpus.
     """
     entries, duplicates, num_lines = read_filelists(options.filelists, options.audio_root)
+    if any(entry.path.startswith(FileSystems.join(options.audio_root, "")) for entry in entries):
+        # NOTE: only when a line is relative to it: filelists of absolute paths or URIs need no audio root.
+        check_directory(options.audio_root, "audio root")
     spill_dir = FileSystems.join(options.output_dir, SPILL_DIR)
     clips = (p
              | "ListClips" >> beam.Create(entries)
@@ -520,17 +528,28 @@ def local_defaults(beam_args: list[str]) -> list[str]:
 
 def run(config: HiFiGANConfig, options: PreprocessOptions, beam_args: list[str] | None = None) -> Manifest:
     """Builds and runs the job with Beam options ``beam_args`` (runner flags, see :func:`local_defaults`); returns
-    the written manifest."""
+    the written manifest.
+
+    PreprocessError, PathError or FilelistError (one line each) before the job starts for a runner Beam does not
+    know, a path Beam cannot use, a missing local audio root or teacher mel directory, or an unreadable filelist.
+    """
     pipeline_options = PipelineOptions(local_defaults(beam_args or []))
     FileSystems.set_options(pipeline_options)
+    try:
+        p = beam.Pipeline(options=pipeline_options)
+    except (ValueError, ImportError, AttributeError, TypeError) as e:  # what Beam's create_runner raises
+        runner = pipeline_options.view_as(StandardOptions).runner
+        raise PreprocessError(f"cannot use Beam runner {runner}: {str(e).strip().splitlines()[0]}") from None
     paths = {options.output_dir: "output directory", options.audio_root: "audio root",
              options.base_mels_path: "teacher mel directory", **{f: "filelist" for f in options.filelists.values()}}
     for path, what in paths.items():
         if path is not None:
             check_filesystem(path, what)  # one line now, not a worker's traceback later
-    check_writable(options.output_dir)
-    p = beam.Pipeline(options=pipeline_options)
+    # NOTE: a missing local directory would otherwise reject every line as missing and still exit 0.
+    if options.base_mels_path:
+        check_directory(options.base_mels_path, "teacher mel directory")
     build_pipeline(p, config, options)
+    check_writable(options.output_dir)
     result = p.run()
     result.wait_until_finish()
     # NOTE: Beam's DaskRunner opens a dask Client and never closes it; closing it lets the cluster shut down quietly.

@@ -1,7 +1,8 @@
 """Teacher-forced (ground-truth aligned) Tacotron mels for fine-tuning.
 
 The original fine-tunes on ``<input_mels_dir>/<stem>.npy`` files written by Tacotron 2 in teacher-forcing mode.
-Tools save them as (num_mels, T), (1, num_mels, T) or (T, num_mels); all become [T, num_mels] float32 here.
+Tools save them as floating-point (num_mels, T), (1, num_mels, T) or (T, num_mels); all become [T, num_mels]
+float32 here.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def load_teacher_mel(data: bytes, num_mels: int) -> np.ndarray:
     """Decodes a ``.npy`` teacher mel to [T, num_mels] float32; TeacherMelError if unusable."""
     try:
         mel = np.load(io.BytesIO(data), allow_pickle=False)
-        if not isinstance(mel, np.ndarray) or not np.issubdtype(mel.dtype, np.number):
-            raise ValueError(f"dtype {getattr(mel, 'dtype', type(mel).__name__)} is not numeric")
+        # NOTE: as inference does: complex values would lose their imaginary part, integers are no log-mel.
+        if not isinstance(mel, np.ndarray) or not np.issubdtype(mel.dtype, np.floating):
+            raise ValueError(f"dtype {getattr(mel, 'dtype', type(mel).__name__)} is not floating point")
     except (ValueError, OSError, EOFError) as e:
         raise TeacherMelError("teacher_mel_unreadable", f"cannot read teacher mel ({e})") from None
     mel = teacher_mel_layout(mel, num_mels)

@@ -224,8 +224,13 @@ def test_every_rejection_reason_is_reported_and_reconciled(v1_config, tmp_path):
     write_audio(root / "long.wav", chirp_with_noise(2.5, SR), SR)
     write_audio(root / "nan.wav", np.where(np.arange(SR) == 100, np.nan, good[:SR]).astype(np.float32), SR, "FLOAT")
     (root / "garbage.wav").write_bytes(b"this is not audio" * 10)
-    train = write_filelist(tmp_path / "train.txt", ["good_a", "good_b.flac", "dup", "missing", "garbage", "silent",
-                                                    "", "empty", "short", "long"])
+    write_audio(root / "x.y.z.wav", good, SR)  # a dotted stem gets .wav too
+    # A byte-order mark, a transcript that is not UTF-8 (latin-1) and a path that is not: only that line is lost.
+    train = tmp_path / "train.txt"
+    train.write_bytes(b"\xef\xbb\xbf" + b"".join(f"{line}|some text\n".encode() for line in [
+        "good_a", "good_b.flac", "dup", "missing", "garbage", "silent", "", "empty", "short", "long"])
+        + b"x.y.z|caf\xe9\nbad\xffname|text\n")
+    train = str(train)
     val = write_filelist(tmp_path / "val.txt", [str(root / "nan.wav"), "./dup.wav"])
     out = tmp_path / "out"
     manifest = run_job(v1_config, out, {"train": train, "val": val}, audio_root=str(root), max_seconds=2.0)
@@ -235,16 +240,20 @@ def test_every_rejection_reason_is_reported_and_reconciled(v1_config, tmp_path):
         ("train", "missing.wav"): "missing_file", ("train", "garbage.wav"): "unreadable",
         ("train", "silent.wav"): "silent", ("train", "empty.wav"): "empty", ("train", "short.wav"): "empty",
         ("train", "long.wav"): "too_long", ("val", "nan.wav"): "non_finite", ("val", "dup.wav"): "duplicate_id",
-        ("train", ".wav"): "missing_file",
+        ("train", ""): "missing_file", ("train", "bad\ufffdname.wav"): "unreadable",
     }
     assert rejected == sorted(rejected, key=lambda r: (r["split"], r["path"], r["reason"], r["detail"]))
     assert all(set(r) == {"path", "split", "reason", "detail"} and r["detail"] for r in rejected)
-    assert "train.txt:3" in next(r["detail"] for r in rejected if r["reason"] == "duplicate_id")
+    detail = {os.path.basename(r["path"]): r["detail"] for r in rejected}
+    assert "train.txt:3" in detail["dup.wav"]
+    assert detail[""].endswith("train.txt:7: line has no path")
+    assert detail["bad\ufffdname.wav"].endswith("train.txt:12: path is not valid UTF-8")
+    assert detail["garbage.wav"].endswith("train.txt:5: cannot decode audio (Format not recognised)")
     train_summary, val_summary = manifest.splits["train"], manifest.splits["val"]
-    assert (train_summary.num_lines, train_summary.num_examples, train_summary.num_rejected) == (10, 3, 7)
+    assert (train_summary.num_lines, train_summary.num_examples, train_summary.num_rejected) == (12, 4, 8)
     assert (val_summary.num_lines, val_summary.num_examples, val_summary.num_rejected) == (2, 0, 2)
     assert val_summary.shards == []
-    assert sorted(r["id"] for r in read_records(out, manifest, "train")) == ["dup", "good_a", "good_b"]
+    assert sorted(r["id"] for r in read_records(out, manifest, "train")) == ["dup", "good_a", "good_b", "x.y.z"]
     assert not os.path.exists(out / preprocess.SPILL_DIR)
 
 
@@ -262,7 +271,7 @@ def test_fine_tune_mode_with_teacher_mels(v1_config, tmp_path):
     cases = {  # id: (frame-count offset of the teacher mel, its layout)
         "nm_t": (0, "nm_t"), "one_nm_t": (0, "one_nm_t"), "t_nm": (0, "t_nm"), "plus_one": (1, "nm_t"),
         "minus_two": (-2, "t_nm"), "plus_three": (3, "nm_t"), "nan": (0, "nm_t"), "wrong_mels": (0, "t_79"),
-        "missing": None, "garbage": None,
+        "missing": None, "garbage": None, "spk.v2": (0, "nm_t"), "complex": (0, "complex"), "int32": (0, "int32"),
     }
     teachers = {}
     for seed, (clip_id, case) in enumerate(cases.items()):
@@ -277,8 +286,9 @@ def test_fine_tune_mode_with_teacher_mels(v1_config, tmp_path):
             teacher[3, 4] = np.nan
         teachers[clip_id] = teacher
         stored = {"nm_t": teacher.T, "one_nm_t": teacher.T[None], "t_nm": teacher,
-                  "t_79": teacher[:, :79]}[layout]
-        np.save(mel_dir / f"{clip_id}.npy", stored.astype(np.float64 if layout == "t_nm" else np.float32))
+                  "t_79": teacher[:, :79], "complex": teacher.T, "int32": teacher.T}[layout]
+        dtype = {"t_nm": np.float64, "complex": np.complex64, "int32": np.int32}.get(layout, np.float32)
+        np.save(mel_dir / f"{clip_id}.npy", stored.astype(dtype))
     # a square teacher mel (num_mels frames) is read in the original's (num_mels, T) layout
     square_audio = _teacher_case(root, mel_dir, "square", cfg.num_mels * HOP / SR, 99)
     teachers["square"] = np.random.default_rng(99).normal(-5, 2, (cfg.num_mels, cfg.num_mels)).astype(np.float32)
@@ -293,12 +303,18 @@ def test_fine_tune_mode_with_teacher_mels(v1_config, tmp_path):
     reasons = {os.path.basename(r["path"]): r["reason"] for r in rejected_lines(out)}
     assert reasons == {"plus_three.wav": "teacher_mel_mismatch", "nan.wav": "teacher_mel_non_finite",
                        "wrong_mels.wav": "teacher_mel_shape", "missing.wav": "teacher_mel_missing",
-                       "garbage.wav": "teacher_mel_unreadable"}
+                       "garbage.wav": "teacher_mel_unreadable", "complex.wav": "teacher_mel_unreadable",
+                       "int32.wav": "teacher_mel_unreadable"}
+    details = {os.path.basename(r["path"]): r["detail"] for r in rejected_lines(out)}
+    assert details["complex.wav"].endswith("complex.npy: cannot read teacher mel (dtype complex64 is not floating "
+                                           "point)")
+    assert "dtype int32 is not floating point" in details["int32.wav"]
     summary = manifest.splits["train"]
     assert manifest.teacher_forced and manifest.audio_encoding == "float32"
-    assert (summary.num_lines, summary.num_examples, summary.num_rejected, summary.frame_trims) == (11, 6, 5, 2)
+    assert (summary.num_lines, summary.num_examples, summary.num_rejected, summary.frame_trims) == (14, 7, 7, 2)
     records = {r["id"]: r for r in read_records(out, manifest, "train")}
-    assert sorted(records) == ["minus_two", "nm_t", "one_nm_t", "plus_one", "square", "t_nm"]
+    # a dotted id finds its teacher mel <id>.npy
+    assert sorted(records) == ["minus_two", "nm_t", "one_nm_t", "plus_one", "spk.v2", "square", "t_nm"]
     for clip_id, r in records.items():
         frames = min(frames_of[clip_id], teachers[clip_id].shape[0])
         assert int(r["num_frames"]) == frames and r["audio"].shape == (frames * HOP,)
@@ -327,6 +343,14 @@ def test_filelist_conventions(tmp_path):
         "root", "LJSpeech-1.1", "wavs", "LJ050-0234.wav")
     assert audio_path("root", "/abs/clip.flac") == "/abs/clip.flac"
     assert audio_path("root", "gs://bucket/clip") == "gs://bucket/clip.wav"
+    # only audio extensions are extensions: dotted stems get .wav, ids keep their dots
+    assert audio_path("root", "x.y.z") == os.path.join("root", "x.y.z.wav")
+    assert audio_path("root", "spk.v2") == os.path.join("root", "spk.v2.wav")
+    assert audio_path("root", "a/clip.FLAC") == os.path.join("root", "a", "clip.FLAC")
+    listed = tmp_path / "dotted.txt"
+    listed.write_text("x.y.z|t\na/LJ001-0001.wav|t\nspk.v2|t\nb/c.d.Wav|t\n")
+    assert [e.clip_id for e in read_filelists({"train": str(listed)}, "root")[0]] == [
+        "x.y.z", "LJ001-0001", "spk.v2", "c.d"]
     original = os.path.join(REPO_ROOT, "filelists", "ljs_audio_text_val.txt")
     entries, rejected, lines = read_filelists({"val": original}, "data")
     assert lines == {"val": 100} and len(entries) == 100 and rejected == []
@@ -357,15 +381,43 @@ def test_cli_one_line_errors(tmp_path):
     under_a_file = _cli("--output_dir", str(tmp_path / "a_file" / "out"))
     unknown_scheme = _cli("--output_dir", "nosuchfs://bucket/out")
     remote_filelist = _cli("--train_filelist", "nosuchfs://bucket/train.txt", "--output_dir", str(tmp_path / "out"))
+    # A missing local input directory would reject every line and exit 0; a runner Beam does not know.
+    no_audio_root = _cli("--audio_root", str(tmp_path / "no_wavs"), "--output_dir", str(tmp_path / "out"))
+    no_mels = _cli("--base_mels_path", str(tmp_path / "a_file"), "--output_dir", str(tmp_path / "out"))
+    bogus_runner = _cli("--runner", "BogusRunner", "--output_dir", str(tmp_path / "out"))
+    # Misspelled flags of ours would go to Beam, which drops them, and the job would run on the defaults.
+    dashed = _cli("--audio-root", str(tmp_path), "--output_dir", str(tmp_path / "out"))
+    typo = _cli("--trian_filelist", "x.txt", "--output_dir", str(tmp_path / "out"))
     for result, words in ((missing, "nope.txt: cannot read filelist"), (bad_config, "bad.json: config key"),
                           (under_a_file, "a_file/out: cannot write to this output directory: NotADirectoryError"),
                           (unknown_scheme, "nosuchfs://bucket/out: Beam cannot use the output directory's filesystem"),
-                          (remote_filelist, "nosuchfs://bucket/train.txt: Beam cannot use the filelist's filesystem")):
+                          (remote_filelist, "nosuchfs://bucket/train.txt: Beam cannot use the filelist's filesystem"),
+                          (no_audio_root, "no_wavs: audio root not found"),
+                          (no_mels, "a_file: teacher mel directory is not a directory"),
+                          (bogus_runner, "cannot use Beam runner BogusRunner: Unexpected pipeline runner"),
+                          (dashed, "unknown flag --audio-root (did you mean --audio_root?)"),
+                          (typo, "unknown flag --trian_filelist (did you mean --train_filelist?)")):
         assert result.returncode == 2
         assert "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith("run_preprocess.py: error: ")
-        assert words in result.stderr
+        assert words in result.stderr.strip().splitlines()[-1]
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_misspelled_flags_only(capsys):
+    """Our flags misspelled are errors; Beam's own flags, and others no flag of ours resembles, pass through."""
+    import run_preprocess
+
+    beam_flags = ["--runner", "DirectRunner", "--direct_num_workers", "2", "--direct_running_mode", "in_memory",
+                  "--project", "p", "--temp_location", "gs://b/tmp", "--dask_client_address", "tcp://h:8786",
+                  "--flink_master", "localhost:8081", "--environment_type", "LOOPBACK", "--num_workers", "3",
+                  "--region", "r", "--setup_file", "./setup.py", "--output_dir=x"]
+    assert run_preprocess.parse_args(beam_flags)[1] == beam_flags[:-1]
+    for flag in ("--val-filelist=v.txt", "--max_secnods", "--base_mel_path", "--audio_encodng"):
+        with pytest.raises(SystemExit) as exit_:
+            run_preprocess.parse_args([flag, "1"])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.count("\n") == 1
 
 
 def test_cli_runs_and_prints_the_summary(tmp_path):
