@@ -14,6 +14,7 @@ from pipeline import preprocess
 from pipeline.filelist import audio_path, read_filelists
 from pipeline.manifest import MANIFEST_NAME, REJECTED_NAME
 from pipeline.mel import MelExtractor, mel_spectrogram
+from pipeline.paths import PathError
 from pipeline.preprocess import PreprocessOptions, local_defaults, num_shards_for, shard_of
 from pipeline.schema import parse, to_example
 from pipeline.teacher import TeacherMelError, teacher_mel_layout
@@ -364,6 +365,18 @@ def test_shard_counts():
     assert num_shards_for(100, 10 ** 6, None) == 1
     assert num_shards_for(13100, 9 * 2 ** 30, None, target_bytes=150 * 2 ** 20) == 62
     assert num_shards_for(5, 10, 2) == 2 and num_shards_for(1, 10, 2) == 1
+
+
+def test_absolute_paths_need_no_audio_root(v1_config, tmp_path):
+    """A missing local audio root is an error only when a line is relative to it."""
+    ids = read_filelist_ids(DEMO_TRAIN)[:2]
+    train = write_filelist(tmp_path / "train.txt", [os.path.join(DEMO_WAVS, f"{i}.wav") for i in ids])
+    val = write_filelist(tmp_path / "val.txt", [])
+    manifest = run_job(v1_config, tmp_path / "out", {"train": train, "val": val}, audio_root=str(tmp_path / "nope"))
+    assert manifest.splits["train"].num_examples == 2
+    relative = write_filelist(tmp_path / "relative.txt", ids[:1])
+    with pytest.raises(PathError, match="nope: audio root not found"):
+        run_job(v1_config, tmp_path / "out2", {"train": relative, "val": val}, audio_root=str(tmp_path / "nope"))
 
 
 def _cli(*args):
