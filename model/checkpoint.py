@@ -9,16 +9,22 @@ only.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import re
 
 import tensorflow as tf
+from google.protobuf.message import DecodeError
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from pipeline.config import ConfigError, HiFiGANConfig, config_from_dict
 
 CHECKPOINT_NAME = "ckpt"
 CONFIG_NAME = "config.json"
 FINGERPRINT_NAME = "audio_fingerprint.json"
+INDEX_NAME = "checkpoint"  # the CheckpointManager's index file (a text CheckpointState)
 
 
 class CheckpointError(ValueError):
@@ -26,8 +32,48 @@ class CheckpointError(ValueError):
 
 
 def latest_checkpoint(checkpoint_dir: str) -> str | None:
-    """Prefix of the newest complete checkpoint in ``checkpoint_dir`` (e.g. ``dir/ckpt-12``), or None."""
-    return tf.train.latest_checkpoint(checkpoint_dir)
+    """Prefix of the newest complete checkpoint in ``checkpoint_dir`` (e.g. ``dir/ckpt-12``), or None.
+
+    Raises CheckpointError when ckpt-N files are there but the ``checkpoint`` index file is missing, cannot be
+    parsed or names a checkpoint that is not there. NOTE: TensorFlow then logs a warning and returns None, and a
+    trainer would silently start again from step 0 and save over the checkpoints.
+    """
+    index = os.path.join(checkpoint_dir, INDEX_NAME)
+    with _quiet_tensorflow_logs():
+        try:
+            state = tf.train.get_checkpoint_state(checkpoint_dir)
+        except ValueError:  # parsed, but without model_checkpoint_path
+            state = None
+    prefix = state.model_checkpoint_path if state else None
+    if prefix and tf.io.gfile.exists(prefix + ".index"):
+        return prefix
+    pattern = re.compile(rf"{CHECKPOINT_NAME}-(\d+)\.index")
+    numbers = sorted(int(m.group(1)) for m in (pattern.fullmatch(os.path.basename(path)) for path in
+                                                tf.io.gfile.glob(os.path.join(checkpoint_dir, "*.index"))) if m)
+    if not numbers:
+        return None
+    newest = f"{CHECKPOINT_NAME}-{numbers[-1]}"
+    if prefix:
+        why = f"names {os.path.basename(prefix)}, which is not there"
+    elif tf.io.gfile.exists(index):
+        why = "cannot be parsed"
+    else:
+        why = "is missing"
+    raise CheckpointError(f"{index}: the index file {why} but {newest} is there: write the line "
+                          f"'model_checkpoint_path: \"{newest}\"' into it to use {newest}, or train into another "
+                          f"directory to start afresh")
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow_logs():
+    """TensorFlow's Python warnings off inside (they would add lines to a one-line error)."""
+    tf_logger = tf.get_logger()
+    level = tf_logger.level
+    tf_logger.setLevel(logging.ERROR + 10)
+    try:
+        yield
+    finally:
+        tf_logger.setLevel(level)
 
 
 def write_json_beside(checkpoint_dir: str, cfg: HiFiGANConfig) -> None:
@@ -51,11 +97,88 @@ def config_beside(checkpoint_dir: str) -> HiFiGANConfig:
         raise CheckpointError(f"{path}: {e}") from None
 
 
+# The generator's config keys (the original's flat names). NOTE: other resblock_dilation_sizes change no weight's
+# shape (TensorFlow would restore them), but the weights belong to another model: refused as well.
+GENERATOR_KEYS = ("num_mels", "resblock", "upsample_rates", "upsample_kernel_sizes", "upsample_initial_channel",
+                  "resblock_kernel_sizes", "resblock_dilation_sizes")
+
+
+def _model_values(cfg: HiFiGANConfig, discriminators: bool) -> dict:
+    """The model's config values by flat key (the discriminators' too if ``discriminators``)."""
+    values = {key: getattr(cfg.generator, key) for key in GENERATOR_KEYS}
+    if discriminators:
+        values.update(mpd_periods=cfg.discriminator.mpd_periods,
+                      discriminator_channel_divisor=cfg.discriminator.channel_divisor)
+    return values
+
+
+def model_mismatch(checkpoint_dir: str, cfg: HiFiGANConfig, discriminators: bool = True) -> str | None:
+    """How ``cfg``'s model differs from that of the config.json beside a checkpoint, e.g. "upsample_initial_channel
+    is 64 in the checkpoint's config.json, 256 here"; None when it does not or there is no readable config.json."""
+    try:
+        theirs = config_beside(checkpoint_dir)
+    except CheckpointError:
+        return None
+    ours, theirs = _model_values(cfg, discriminators), _model_values(theirs, discriminators)
+    keys = [key for key in ours if ours[key] != theirs[key]]
+    if not keys:
+        return None
+    key = keys[0]  # values through json.dumps: tuples as JSON lists, the config file's spelling
+    why = f"{key} is {json.dumps(theirs[key])} in the checkpoint's config.json, {json.dumps(ours[key])} here"
+    return why + (f"; {', '.join(keys[1:])} {'differ' if keys[2:] else 'differs'} too" if keys[1:] else "")
+
+
+def restore(checkpoint: tf.train.Checkpoint, prefix: str, cfg: HiFiGANConfig, discriminators: bool = True,
+            partial: bool = False) -> None:
+    """Restores ``checkpoint`` (objects built from ``cfg``) from ``prefix``, a checkpoint of the same model.
+
+    ``discriminators``: whether it restores MPD and MSD (their config keys must then match too); ``partial``:
+    the checkpoint may hold more than ``checkpoint`` restores. Raises a one-line CheckpointError naming the
+    directory for a checkpoint of another model (the differing key when config.json is beside it) and for
+    missing or corrupt files, before anything is restored in the first case.
+    """
+    checkpoint_dir, name = os.path.dirname(prefix) or ".", os.path.basename(prefix)
+    mismatch = model_mismatch(checkpoint_dir, cfg, discriminators)
+    if mismatch:
+        raise CheckpointError(f"{checkpoint_dir}: the checkpoint is of another model: {mismatch}; use the config it "
+                              f"was trained with")
+    try:
+        status = checkpoint.restore(prefix)
+        if partial:
+            status.expect_partial()
+        status.assert_existing_objects_matched()
+        return
+    except (ValueError, AssertionError, IndexError, tf.errors.OpError) as e:
+        _quiet_failed_restore(e)
+        other_model = isinstance(e, ValueError) and "incompatible" in str(e)
+        reason = f"{type(e).__name__}: {_first_line(e)}"
+    if other_model:
+        raise CheckpointError(f"{checkpoint_dir}: checkpoint {name} is of another model ({reason}); use the config "
+                              f"it was trained with")
+    raise CheckpointError(f"{checkpoint_dir}: checkpoint {name} is incomplete or corrupt ({reason})")
+
+
+def _quiet_failed_restore(error: BaseException) -> None:
+    """Marks the restore that raised ``error`` partial. NOTE: its coordinator stays referenced by the models and,
+    when they go (at exit), logs a warning per checkpoint value it did not restore: hundreds of lines."""
+    frame = error.__traceback__
+    while frame is not None:
+        for value in frame.tb_frame.f_locals.values():
+            if type(value).__name__ == "_CheckpointRestoreCoordinator":
+                value.expect_partial = True
+        frame = frame.tb_next
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else "no message"
+
+
 def restore_generator(checkpoint_dir: str, cfg: HiFiGANConfig | None = None, fold_weight_norm: bool = True):
     """Builds a Generator and restores its weights from the latest checkpoint in ``checkpoint_dir``.
 
     ``cfg`` defaults to the config.json beside the checkpoint. Returns (generator, cfg); the generator's weight
-    norms are folded for inference unless ``fold_weight_norm`` is False.
+    norms are folded for inference unless ``fold_weight_norm`` is False. Raises CheckpointError.
     """
     from model.generator import Generator
 
@@ -65,18 +188,33 @@ def restore_generator(checkpoint_dir: str, cfg: HiFiGANConfig | None = None, fol
     cfg = cfg or config_beside(checkpoint_dir)
     generator = Generator(cfg.generator)
     generator.build((None, None, cfg.audio.num_mels))
-    tf.train.Checkpoint(generator=generator).restore(latest).expect_partial().assert_existing_objects_matched()
+    restore(tf.train.Checkpoint(generator=generator), latest, cfg, discriminators=False, partial=True)
     if fold_weight_norm:
         generator.remove_weight_norm()
     return generator, cfg
 
 
+def _top_level_objects(checkpoint_prefix: str) -> set[str]:
+    """Names of the objects a checkpoint was saved with (generator, mpd, optim_g, step, ...).
+
+    NOTE: not from tf.train.list_variables: it names each variable by its first path in the object graph, and a
+    trainer's discriminator weights are listed under optim_d/ (the optimiser tracks them too), not mpd/.
+    """
+    try:
+        reader = tf.train.load_checkpoint(checkpoint_prefix)
+        graph = trackable_object_graph_pb2.TrackableObjectGraph()
+        graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    except (tf.errors.OpError, ValueError, IndexError, DecodeError) as e:
+        raise CheckpointError(f"{os.path.dirname(checkpoint_prefix) or '.'}: checkpoint "
+                              f"{os.path.basename(checkpoint_prefix)} is incomplete or corrupt "
+                              f"({type(e).__name__}: {_first_line(e)})") from None
+    return {child.local_name for child in graph.nodes[0].children} if graph.nodes else set()
+
+
 def has_discriminators(checkpoint_prefix: str) -> bool:
     """Whether a checkpoint holds discriminator weights (converted generator-only checkpoints do not)."""
-    names = {name for name, _ in tf.train.list_variables(checkpoint_prefix)}
-    return any(name.startswith("mpd/") for name in names) and any(name.startswith("msd/") for name in names)
+    return {"mpd", "msd"} <= _top_level_objects(checkpoint_prefix)
 
 
 def has_optimizers(checkpoint_prefix: str) -> bool:
-    names = {name for name, _ in tf.train.list_variables(checkpoint_prefix)}
-    return any(name.startswith("optim_g/") for name in names)
+    return "optim_g" in _top_level_objects(checkpoint_prefix)

@@ -10,6 +10,8 @@ same epoch and skips the batches it already consumed, which makes N steps + M st
 from __future__ import annotations
 
 import os
+import re
+from typing import Iterable, Iterator
 
 import tensorflow as tf
 
@@ -45,12 +47,53 @@ def shard_paths(data_dir: str, manifest: Manifest, split: str) -> list[str]:
     return [os.path.join(data_dir, name) for name in manifest.splits[split].shards]
 
 
-def steps_per_epoch(manifest: Manifest, batch_size: int) -> int:
-    """Optimiser steps in one epoch: whole global batches of the train split (drop_remainder)."""
+def check_shards_exist(data_dir: str, manifest: Manifest) -> None:
+    """Raises DataError when a shard the manifest lists is not in ``data_dir`` (one directory listing)."""
+    try:
+        present = set(tf.io.gfile.listdir(data_dir))
+    except tf.errors.NotFoundError:
+        present = set()
+    missing = [name for split in manifest.splits.values() for name in split.shards
+               if name not in present and not tf.io.gfile.exists(os.path.join(data_dir, name))]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"{data_dir}: shard {missing[0]}{more} listed in {MANIFEST_NAME} does not exist")
+
+
+def checked_read(dataset: Iterable, data_dir: str, manifest: Manifest) -> Iterator:
+    """Iterates ``dataset`` of ``data_dir``'s shards; a read failure (truncated, corrupt or vanished shard) is a
+    one-line DataError naming data_dir and, when TensorFlow's message names it, the shard."""
+    iterator = iter(dataset)
+    while True:
+        try:
+            element = next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as e:
+            reason = _op_error_reason(e)
+            names = [name for split in manifest.splits.values() for name in split.shards if name in reason]
+            where = f"shard {names[0]}" if names else "a shard"
+            raise DataError(f"{data_dir}: cannot read {where} ({reason}); run "
+                            f"run_preprocess.py again or fix the shard") from None
+        yield element
+
+
+def _op_error_reason(error: tf.errors.OpError) -> str:
+    """The first line of an iterator's OpError without TF's wrapping. NOTE: it reads "{{function_node ...}}
+    truncated record at 12 ... [Op:IteratorGetNext] name: " and names the file only when it cannot open it."""
+    lines = str(error).strip().splitlines()
+    reason = re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:[^\]]*\].*$", "", lines[0]) if lines else ""
+    return f"{type(error).__name__}: {reason or 'no message'}"
+
+
+def steps_per_epoch(manifest: Manifest, batch_size: int, data_dir: str | None = None) -> int:
+    """Optimiser steps in one epoch: whole global batches of the train split (drop_remainder). ``data_dir``
+    names the shards in the error."""
     steps = manifest.splits["train"].num_examples // batch_size
     if steps < 1:
-        raise DataError(f"the train split has {manifest.splits['train'].num_examples} clips, fewer than one batch "
-                        f"of {batch_size}")
+        where = f"{data_dir}: " if data_dir else ""
+        raise DataError(f"{where}the train split has {manifest.splits['train'].num_examples} clips, fewer than one "
+                        f"batch of {batch_size}")
     return steps
 
 
@@ -165,7 +208,7 @@ def distributed_train_dataset(strategy: tf.distribute.Strategy, data_dir: str, m
     ``num_replicas_in_sync / num_input_pipelines`` replicas per step.
     """
     global_batch = cfg.training.batch_size
-    steps = steps_per_epoch(manifest, global_batch)
+    steps = steps_per_epoch(manifest, global_batch, data_dir)
     if global_batch % strategy.num_replicas_in_sync:
         raise DataError(f"batch_size {global_batch} is not divisible by {strategy.num_replicas_in_sync} replicas")
 

@@ -57,6 +57,21 @@ class TrainOptions:
     logged_clips: int = 3
     progress_bar: bool = True
 
+    def __post_init__(self):
+        """Refuses nonsensical values (TrainingError naming the flag). NOTE: training_steps 0 is allowed: it
+        writes the step-0 checkpoint and config.json, a starting point (the tests use it)."""
+        minimum = {"training_epochs": 1, "training_steps": 0, "stdout_interval": 1, "checkpoint_interval": 1,
+                   "summary_interval": 1, "validation_interval": 0, "seed": 0, "max_to_keep": 1,
+                   "validation_clips": 1, "logged_clips": 0}
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if value is None and name in ("training_steps", "seed", "validation_clips"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise TrainingError(f"--{name} must be an integer >= {low}, got {value!r}")
+        if self.mixed_precision not in PRECISIONS:
+            raise TrainingError(f"--mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
+
 
 def default_strategy() -> tf.distribute.Strategy:
     """MultiWorkerMirroredStrategy when TF_CONFIG is set, MirroredStrategy over >1 GPU, else the default."""
@@ -293,6 +308,7 @@ class Validator:
     def __init__(self, trainer: Trainer, data_dir: str, manifest, limit: int | None, logged_clips: int):
         cfg = trainer.cfg
         self.trainer, self.logged_clips, self.gt_written = trainer, logged_clips, False
+        self.data_dir, self.manifest = data_dir, manifest
         self.dataset = data_lib.validation_dataset(data_dir, manifest, cfg, limit)
         self.mel_input = MelSpectrogram(cfg.audio, for_loss=False)
         num_mels = cfg.audio.num_mels
@@ -310,7 +326,7 @@ class Validator:
     def run(self, writer, step: int) -> dict:
         sr = self.trainer.cfg.audio.sampling_rate
         errors, distances = [], []
-        for j, clip in enumerate(self.dataset):
+        for j, clip in enumerate(data_lib.checked_read(self.dataset, self.data_dir, self.manifest)):
             y_hat, mel_hat, error, distance = self.infer(clip["mel"], clip["mel_loss"], clip["audio"])
             errors.append(float(error))
             distances.append(float(distance))
@@ -360,6 +376,8 @@ def _check_data(cfg: HiFiGANConfig, options: TrainOptions):
     if options.fine_tuning and not manifest.teacher_forced:
         raise TrainingError(f"{options.data_dir}: --fine_tuning needs teacher-forced shards (run_preprocess.py "
                             f"with teacher mels); these hold ground-truth mels")
+    data_lib.check_shards_exist(options.data_dir, manifest)
+    data_lib.steps_per_epoch(manifest, cfg.training.batch_size, options.data_dir)
     return manifest
 
 
@@ -378,7 +396,8 @@ def _init_from(trainer: Trainer, source: str, keep_schedule: bool) -> None:
         objects.update(step=trainer.step, epoch=trainer.epoch)
         if ckpt_lib.has_optimizers(latest):
             objects.update(optim_g=trainer.optim_g, optim_d=trainer.optim_d)
-    tf.train.Checkpoint(**objects).restore(latest).expect_partial().assert_existing_objects_matched()
+    ckpt_lib.restore(tf.train.Checkpoint(**objects), latest, trainer.cfg, discriminators="mpd" in objects,
+                     partial=True)
     logger.info("initialised from %s%s", latest, " (keeping its step and schedule)" if keep_schedule else "")
 
 
@@ -395,7 +414,7 @@ def train(cfg: HiFiGANConfig, options: TrainOptions, strategy: tf.distribute.Str
     seed = cfg.training.seed if options.seed is None else options.seed
     if trainer is None:
         trainer = Trainer(cfg, strategy, options.mixed_precision, options.jit_compile)
-    elif not (tf.train.latest_checkpoint(options.checkpoint_path) or options.init_from):
+    elif not (ckpt_lib.latest_checkpoint(options.checkpoint_path) or options.init_from):
         # NOTE: a reused trainer is not re-initialised: what no checkpoint restores keeps its current values.
         raise TrainingError(f"{options.checkpoint_path}: a reused trainer needs a checkpoint to start from")
     trainer.history = []
@@ -403,13 +422,14 @@ def train(cfg: HiFiGANConfig, options: TrainOptions, strategy: tf.distribute.Str
     chief = _worker_is_chief(strategy)
     if chief:
         writable_dir(options.checkpoint_path, "checkpoint directory")
+    # Every worker resumes from the chief's directory (a shared filesystem); non-chiefs write to a scratch one.
+    # NOTE: looked up before the CheckpointManager is made: it would read a corrupt index as "no checkpoint".
+    latest = ckpt_lib.latest_checkpoint(options.checkpoint_path)
     save_dir = options.checkpoint_path if chief else tempfile.mkdtemp(prefix="hifigan_worker_")
     manager = tf.train.CheckpointManager(trainer.checkpoint, save_dir, max_to_keep=options.max_to_keep,
                                          checkpoint_name=ckpt_lib.CHECKPOINT_NAME)
-    # Every worker resumes from the chief's directory (a shared filesystem); non-chiefs write to a scratch one.
-    latest = ckpt_lib.latest_checkpoint(options.checkpoint_path)
     if latest:
-        trainer.checkpoint.restore(latest).assert_existing_objects_matched()
+        ckpt_lib.restore(trainer.checkpoint, latest, trainer.cfg)
         logger.info("resumed from step %d", int(trainer.step))
         if options.init_from:
             logger.warning("--init_from ignored: %s already holds a checkpoint", save_dir)
@@ -420,7 +440,7 @@ def train(cfg: HiFiGANConfig, options: TrainOptions, strategy: tf.distribute.Str
     writer = tf.summary.create_file_writer(os.path.join(options.checkpoint_path, "logs")) if chief else None
     validator = Validator(trainer, options.data_dir, manifest, options.validation_clips, options.logged_clips) \
         if chief and options.validation_interval > 0 else None
-    spe = data_lib.steps_per_epoch(manifest, cfg.training.batch_size)
+    spe = data_lib.steps_per_epoch(manifest, cfg.training.batch_size, options.data_dir)
     last_saved = [int(trainer.step) if latest and chief else None]
 
     def save():
@@ -445,7 +465,7 @@ def train(cfg: HiFiGANConfig, options: TrainOptions, strategy: tf.distribute.Str
                 logger.info("Epoch: %d", epoch + 1)
                 bar = tqdm(total=spe, initial=skip, desc=f"epoch {epoch + 1}", unit="step", leave=False,
                            disable=not (chief and options.progress_bar))
-                for batch in dataset:
+                for batch in data_lib.checked_read(dataset, options.data_dir, manifest):
                     if done():
                         break
                     start_b = time.time()
@@ -476,6 +496,10 @@ def train(cfg: HiFiGANConfig, options: TrainOptions, strategy: tf.distribute.Str
                     if chief:
                         logger.info("Time taken for epoch %d is %d sec", epoch + 1, int(time.time() - start))
         save()
+    except data_lib.DataError as e:
+        # A shard that cannot be read: no save, the last checkpoint stays the newest.
+        raise data_lib.DataError(f"{e}; stopped at step {int(trainer.step)}, the last checkpoint is kept "
+                                 f"({manager.latest_checkpoint or 'none saved'})") from None
     except KeyboardInterrupt:
         if last is None or all(math.isfinite(v) for v in last.values()):
             save()

@@ -145,3 +145,43 @@ def test_distributed_dataset_over_two_cpus_matches(indexed_dir):
     got = [b["mel"].numpy() for b in dist]
     assert len(got) == len(plain)
     np.testing.assert_array_equal(got[0], plain[0]["mel"])
+
+
+def test_missing_shard_is_a_one_line_error(tmp_path):
+    manifest = tone_shards(tmp_path, CFG, num_train=4, num_val=1, num_shards={"train": 2})
+    data.check_shards_exist(str(tmp_path), manifest)
+    (tmp_path / "train-00000-of-00002.tfrecord").unlink()
+    (tmp_path / "val-00000-of-00001.tfrecord").unlink()
+    with pytest.raises(data.DataError, match=f"^{tmp_path}: shard train-00000-of-00002.tfrecord \\(and 1 more\\) "
+                                             "listed in manifest.json does not exist$"):
+        data.check_shards_exist(str(tmp_path), manifest)
+
+
+def test_unreadable_shards_are_one_line_errors_naming_the_data_dir(tmp_path):
+    manifest = tone_shards(tmp_path, CFG, num_train=4, num_val=1)
+    shard = tmp_path / "train-00000-of-00001.tfrecord"
+    raw = bytearray(shard.read_bytes())
+    raw[12:20] = b"\xff" * 8  # the first record's data: its checksum no longer matches
+    shard.write_bytes(bytes(raw))
+    read = lambda: list(data.checked_read(data.train_dataset(str(tmp_path), manifest, CFG, 0, 0), str(tmp_path),  # noqa
+                                          manifest))
+    with pytest.raises(data.DataError, match=f"^{tmp_path}: cannot read a shard \\(DataLossError: corrupted record "
+                                             "at 12\\); run run_preprocess.py again") as err:
+        read()
+    assert "\n" not in str(err.value)
+    val = tmp_path / "val-00000-of-00001.tfrecord"
+    val.write_bytes(val.read_bytes()[:-100])
+    with pytest.raises(data.DataError, match=f"^{tmp_path}: cannot read a shard \\(DataLossError: truncated record"):
+        list(data.checked_read(data.validation_dataset(str(tmp_path), manifest, CFG), str(tmp_path), manifest))
+    shard.unlink()  # gone after the manifest was checked: TensorFlow's message names it
+    with pytest.raises(data.DataError, match=f"^{tmp_path}: cannot read shard train-00000-of-00001.tfrecord "
+                                             "\\(NotFoundError: .*No such file or directory\\)"):
+        read()
+
+
+def test_too_few_clips_for_a_batch_names_the_data_dir(tmp_path):
+    manifest = tone_shards(tmp_path, CFG, num_train=1, num_val=1)
+    with pytest.raises(data.DataError, match=f"^{tmp_path}: the train split has 1 clips, fewer than one batch of 2$"):
+        data.steps_per_epoch(manifest, 2, str(tmp_path))
+    with pytest.raises(data.DataError, match=f"^{tmp_path}: the train split has 1 clips"):
+        data.distributed_train_dataset(tf.distribute.get_strategy(), str(tmp_path), manifest, CFG, 0, 0)

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from model import checkpoint as ckpt_lib
+from model.data import DataError
 from model.outputs import OutputError
 from model.train import Trainer, TrainingError, TrainOptions, train
 from pipeline.config import load_config
@@ -189,3 +190,143 @@ def test_presets_train(preset, tmp_path):
         tf.config.run_functions_eagerly(False)
     assert len(trainer.history) == 1 and np.isfinite(trainer.history[0]["gen_loss_total"])
     assert trainer.generator(tf.zeros([1, 4, cfg.audio.num_mels])).shape == (1, 4 * cfg.audio.hop_size, 1)
+
+
+# --- bad input: one-line errors ----------------------------------------------------------------------------
+
+
+def other_model_checkpoint(path, cfg):
+    """A generator-only checkpoint of ``cfg`` with its config.json beside it, as run_convert.py writes."""
+    from model.generator import Generator
+
+    generator = Generator(cfg.generator)
+    generator.build((None, None, cfg.audio.num_mels))
+    tf.train.CheckpointManager(tf.train.Checkpoint(generator=generator), str(path), 1, checkpoint_name="ckpt").save()
+    ckpt_lib.write_json_beside(str(path), cfg)
+    return path
+
+
+def test_checkpoint_of_another_model_is_a_one_line_error(setup, tmp_path):
+    trainer, root = setup
+    other = other_model_checkpoint(tmp_path / "other", debug_config(**{**CFG.raw, "upsample_initial_channel": 32}))
+    why = "the checkpoint is of another model: upsample_initial_channel is 32 in the checkpoint's config.json, 16 here"
+    with pytest.raises(ckpt_lib.CheckpointError, match=f"^{other}: {why}") as err:
+        train(CFG, options(root / "data", tmp_path / "init", 1, init_from=str(other)), trainer=trainer)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ckpt_lib.CheckpointError, match=f"^{other}: {why}"):
+        ckpt_lib.restore_generator(str(other), CFG)
+    # Resuming: the discriminators' keys count too.
+    resumed = start(setup, "other_discriminators")
+    (resumed / "config.json").write_text(json.dumps({**CFG.raw, "mpd_periods": [2, 3]}))
+    with pytest.raises(ckpt_lib.CheckpointError, match=r"mpd_periods is \[2, 3\] in the checkpoint's config.json, "
+                                                       r"\[2\] here"):
+        train(CFG, options(root / "data", resumed, 1), trainer=trainer)
+    # Without config.json beside it: the restore's own error, on one line.
+    os.remove(other / "config.json")
+    with pytest.raises(ckpt_lib.CheckpointError, match=f"^{other}: checkpoint ckpt-1 is of another model "
+                                                       r"\(ValueError: .*incompatible") as err:
+        ckpt_lib.restore_generator(str(other), CFG)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_broken_checkpoint_files_are_one_line_errors(setup, damage):
+    trainer, root = setup
+    path = start(setup, f"broken_{damage}")
+    (data_file,) = glob.glob(str(path / "ckpt-0.data-*"))
+    if damage == "missing":
+        os.remove(data_file)
+    else:
+        with open(data_file, "r+b") as f:
+            f.truncate(os.path.getsize(data_file) // 2)
+    why = f"^{path}: checkpoint ckpt-0 is incomplete or corrupt"
+    with pytest.raises(ckpt_lib.CheckpointError, match=why) as err:
+        ckpt_lib.restore_generator(str(path))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ckpt_lib.CheckpointError, match=why):
+        train(CFG, options(root / "data", path, 1), trainer=trainer)
+    with pytest.raises(ckpt_lib.CheckpointError, match=why):
+        train(CFG, options(root / "data", root / f"from_broken_{damage}", 1, init_from=str(path)), trainer=trainer)
+
+
+def test_discriminators_of_a_training_checkpoint_are_found(setup):
+    """tf.train.list_variables names a trainer's discriminator weights under optim_d/, not mpd/."""
+    _, root = setup
+    prefix = ckpt_lib.latest_checkpoint(str(root / "init"))
+    assert ckpt_lib.has_discriminators(prefix) and ckpt_lib.has_optimizers(prefix)
+
+
+@pytest.mark.parametrize("index, why", [("garbage\n", "cannot be parsed"),
+                                        ('model_checkpoint_path: "ckpt-7"\n', "names ckpt-7, which is not there"),
+                                        (None, "is missing")])
+def test_corrupt_checkpoint_index_is_refused(setup, index, why):
+    """TensorFlow reads such an index as "no checkpoint": training would start again at step 0 over ckpt-0."""
+    trainer, root = setup
+    path = start(setup, f"index_{why.split()[0]}")
+    if index is None:
+        os.remove(path / "checkpoint")
+    else:
+        (path / "checkpoint").write_text(index)
+    message = f"^{path / 'checkpoint'}: the index file {why} but ckpt-0 is there: write the line " \
+              "'model_checkpoint_path: \"ckpt-0\"' into it"
+    with pytest.raises(ckpt_lib.CheckpointError, match=message):
+        ckpt_lib.latest_checkpoint(str(path))
+    with pytest.raises(ckpt_lib.CheckpointError, match=message):
+        train(CFG, options(root / "data", path, 1), trainer=trainer)
+    assert sorted(os.listdir(path)) == sorted(["audio_fingerprint.json", "ckpt-0.data-00000-of-00001", "ckpt-0.index",
+                                               "config.json", "logs"] + (["checkpoint"] if index else []))
+
+
+def copy_data(setup, tmp_path):
+    _, root = setup
+    shutil.copytree(root / "data", tmp_path / "data")
+    return tmp_path / "data"
+
+
+def test_missing_shard_is_refused_before_training(setup, tmp_path):
+    trainer, _ = setup
+    data_dir = copy_data(setup, tmp_path)
+    os.remove(data_dir / "train-00001-of-00002.tfrecord")
+    with pytest.raises(DataError, match=f"^{data_dir}: shard train-00001-of-00002.tfrecord listed in manifest.json "
+                                        "does not exist$"):
+        train(CFG, options(data_dir, tmp_path / "ckpt", 1), trainer=trainer)
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_truncated_shard_stops_training_and_keeps_the_checkpoint(setup, tmp_path):
+    trainer, _ = setup
+    data_dir = copy_data(setup, tmp_path)
+    shard = data_dir / "train-00001-of-00002.tfrecord"
+    with open(shard, "r+b") as f:
+        f.truncate(os.path.getsize(shard) - 100)
+    path = start(setup, "truncated_shard")
+    files = lambda: {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}  # noqa: E731
+    before = files()
+    # NOTE: it fails before the first step (the shuffle buffer reads every shard): a step here would cost ~9 s
+    # (conftest's per-test seeding clears TF's kernel cache). Val shards: tests/test_data.py.
+    with pytest.raises(DataError, match=f"^{data_dir}: cannot read a shard \\(DataLossError: truncated record .*\\); "
+                                        ".*stopped at step 0, the last checkpoint is kept .*ckpt-0") as err:
+        train(CFG, options(data_dir, path, 3), trainer=trainer)
+    assert "\n" not in str(err.value)
+    assert files() == before
+
+
+def test_train_split_smaller_than_a_batch_names_the_data_dir(tmp_path):
+    write_shards(tmp_path, CFG, {"train": [], "val": []})
+    with pytest.raises(DataError, match=f"^{tmp_path}: the train split has 0 clips, fewer than one batch of 1$"):
+        train(CFG, options(tmp_path, tmp_path / "ckpt", 1))
+
+
+@pytest.mark.parametrize("flag, value", [("training_steps", -1), ("training_epochs", 0), ("checkpoint_interval", 0),
+                                         ("validation_interval", -5), ("max_to_keep", 0), ("stdout_interval", -1),
+                                         ("validation_clips", 0), ("seed", -1)])
+def test_nonsensical_options_are_refused(tmp_path, capsys, flag, value):
+    """In-process: run_train.main exits 2 with one line (TrainOptions refuses the value)."""
+    import run_train
+
+    rc = run_train.main(["--config", config_file(tmp_path, CFG), "--data_dir", str(tmp_path),
+                         "--checkpoint_path", str(tmp_path / "ckpt"), f"--{flag}", str(value)])
+    minimum = 0 if flag in ("training_steps", "validation_interval", "seed") else 1
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == f"error: --{flag} must be an integer >= {minimum}, got {value}"
+    assert not (tmp_path / "ckpt").exists()
