@@ -43,7 +43,8 @@ def load_manifest(data_dir: str) -> Manifest:
 def shard_paths(data_dir: str, manifest: Manifest, split: str) -> list[str]:
     """Full paths of a split's shards, in the manifest's order."""
     if split not in manifest.splits or not manifest.splits[split].shards:
-        raise DataError(f"{os.path.join(data_dir, MANIFEST_NAME)}: split '{split}' has no shards")
+        hint = " (train with --validation_interval 0 to skip validation)" if split == "val" else ""
+        raise DataError(f"{os.path.join(data_dir, MANIFEST_NAME)}: split '{split}' has no shards{hint}")
     return [os.path.join(data_dir, name) for name in manifest.splits[split].shards]
 
 

@@ -262,26 +262,41 @@ class InferenceResult:
     failed: list[tuple[str, str]]
 
 
-def _list_inputs(directory: str, extensions: tuple[str, ...], filelist: str | None = None) -> list[str]:
+def _list_inputs(directory: str, extensions: tuple[str, ...], filelist: str | None = None
+                 ) -> tuple[list[str], list[tuple[str, str]]]:
     """The input files: every file of ``directory`` with one of ``extensions``, or those a filelist names
-    (the original's ``id|text`` lines; a bare id gets the first extension)."""
+    (the original's ``id|text`` lines; a bare id gets the first extension). Returns (paths, filelist lines that
+    name no file: (``filelist:line``, why))."""
     if not os.path.isdir(directory):
         raise InputError(f"{directory}: not a directory")
     if filelist is None:
         names = sorted(n for n in os.listdir(directory) if n.lower().endswith(extensions))
         if not names:
             raise InputError(f"{directory}: no {'/'.join(extensions)} files")
-        return [os.path.join(directory, n) for n in names]
+        return [os.path.join(directory, n) for n in names], []
     try:  # a local file, as the input directory is (no Beam import, and its log lines, for it)
-        with open(filelist, encoding="utf-8") as f:
-            lines = [line.split("|", 1)[0].strip() for line in f.read().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        why = "not found" if isinstance(e, FileNotFoundError) else getattr(e, "strerror", None) or str(e)
+        with open(filelist, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        why = "not found" if isinstance(e, FileNotFoundError) else e.strerror or str(e)
         raise InputError(f"{filelist}: cannot read filelist ({why})") from None
+    # As in preprocessing: UTF-8 less a byte-order mark; only the path is used, so a transcript's bad bytes are kept
+    # as lone surrogates and do no harm.
+    text = data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    lines = [(number, line.split("|", 1)[0].strip()) for number, line in enumerate(text.splitlines(), start=1)
+             if line.strip()]
     if not lines:
         raise InputError(f"{filelist}: empty filelist")
-    paths = []
-    for listed in lines:
+    paths, failed = [], []
+    for number, listed in lines:
+        if not listed:
+            failed.append((f"{filelist}:{number}", "line has no path"))
+            continue
+        try:
+            listed.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: bytes that were not UTF-8
+            failed.append((f"{filelist}:{number}", "path is not valid UTF-8"))
+            continue
         name = os.path.basename(listed)
         stem, ext = os.path.splitext(name)
         if ext.lower() in extensions:
@@ -290,7 +305,7 @@ def _list_inputs(directory: str, extensions: tuple[str, ...], filelist: str | No
             paths.append(os.path.join(directory, stem + extensions[0]))
         else:  # a stem, dotted or not ("LJ001-0001", "spk.v2_01"), as in preprocessing
             paths.append(os.path.join(directory, name + extensions[0]))
-    return paths
+    return paths, failed
 
 
 def vocode_files(vocoder: Vocoder, cfg: HiFiGANConfig, output_dir: str, input_wavs_dir: str | None = None,
@@ -305,11 +320,13 @@ def vocode_files(vocoder: Vocoder, cfg: HiFiGANConfig, output_dir: str, input_wa
     """
     if (input_wavs_dir is None) == (input_mels_dir is None):
         raise InputError("give exactly one of input_wavs_dir and input_mels_dir")
-    paths = _list_inputs(input_wavs_dir, AUDIO_EXTENSIONS, filelist) if input_wavs_dir else \
+    paths, failed = _list_inputs(input_wavs_dir, AUDIO_EXTENSIONS, filelist) if input_wavs_dir else \
         _list_inputs(input_mels_dir, (".npy",), filelist)
+    for source, why in failed:
+        log.error("%s: %s", source, why)
     writable_dir(output_dir, "output directory")
     extractor = MelExtractor(cfg.audio) if input_wavs_dir else None
-    mels, failed, outputs = {}, [], {}
+    mels, outputs = {}, {}
     for path in tqdm(paths, desc="reading", unit="file", disable=len(paths) < 20):
         try:
             out = output_path(output_dir, path)

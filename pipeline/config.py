@@ -338,7 +338,7 @@ def load_config(path: str) -> HiFiGANConfig:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}), so not a JSON config") from None
+        raise ConfigError(f"{path}: not UTF-8 text (at byte {e.start}), so not a JSON config") from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:

@@ -94,7 +94,8 @@ class PreprocessOptions:
         if self.num_shards is not None and self.num_shards < 1:
             raise ValueError(f"num_shards must be >= 1, got {self.num_shards}")
         if self.frame_tolerance < 0 or not self.max_seconds > 0:
-            raise ValueError("frame_tolerance must be >= 0 and max_seconds > 0")
+            raise ValueError(f"--frame_tolerance must be >= 0 and --max_seconds > 0, got {self.frame_tolerance} and "
+                             f"{self.max_seconds}")
         unknown = sorted(set(self.filelists) - set(SPLITS))
         if unknown:
             raise ValueError(f"unknown split {unknown[0]!r}; splits are {SPLITS}")

@@ -119,5 +119,5 @@ def test_load_config_errors_name_the_file(tmp_path):
         load_config(str(bad_value))
     binary = tmp_path / "binary.json"
     binary.write_bytes(b"\xff\xfe\x00\x01garbage")
-    with pytest.raises(ConfigError, match=r"binary.json: not UTF-8 text \(byte 0\)"):
+    with pytest.raises(ConfigError, match=r"binary.json: not UTF-8 text \(at byte 0\)"):
         load_config(str(binary))

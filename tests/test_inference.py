@@ -181,8 +181,10 @@ def test_filelist_selects_inputs_and_reports_missing_ones(checkpoint, expected, 
     filelist = tmp_path / "val.txt"
     np.save(mels / "spk.v2_0001.npy", expected["generator/mel"])
     # A dotted id is a stem (".v2_0001" is no extension); an audio path names its stem's mel.
-    filelist.write_text("LJ001-0002|some text|some text\nLJ009-0009|missing|missing\nspk.v2_0001|dotted\n"
-                        "wavs/LJ001-0001.wav|a path\n")
+    # UTF-8 with a byte-order mark and CRLF; a latin-1 transcript does no harm; a line without a path, or with one
+    # that is not UTF-8, fails alone.
+    filelist.write_bytes(b"\xef\xbb\xbfLJ001-0002|some text|some text\r\nLJ009-0009|missing|missing\r\n"
+                         b"spk.v2_0001|dotted caf\xe9\r\nwavs/LJ001-0001.wav|a path\r\n|no path\r\nLJ\xff|bad path\r\n")
     with caplog.at_level(logging.ERROR):
         code = run_inference.main(["--checkpoint", checkpoint, "--input_mels_dir", str(mels), "--input_filelist",
                                    str(filelist), "--output_dir", str(tmp_path / "out")])
@@ -190,7 +192,8 @@ def test_filelist_selects_inputs_and_reports_missing_ones(checkpoint, expected, 
     assert sorted(os.listdir(tmp_path / "out")) == \
         ["LJ001-0001_generated.wav", "LJ001-0002_generated.wav", "spk.v2_0001_generated.wav"]
     assert [r.getMessage() for r in caplog.records if r.name == "model.inference"] == \
-        [f"{mels / 'LJ009-0009.npy'}: not found"]
+        [f"{filelist}:5: line has no path", f"{filelist}:6: path is not valid UTF-8",
+         f"{mels / 'LJ009-0009.npy'}: not found"]
 
 
 def test_inputs_with_one_output_name_and_bad_options(checkpoint, tmp_path, caplog, capsys):
