@@ -71,6 +71,11 @@ def main(argv=None):
     args, beam_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # its INFO lines are about its own internals
+    demo = parse_args([])[0]
+    if args.audio_root == demo.audio_root and (args.train_filelist, args.val_filelist) != (demo.train_filelist,
+                                                                                          demo.val_filelist):
+        logging.warning("--audio_root is the demo's (%s): relative paths of these filelists are read from it",
+                        demo.audio_root)
     start = time.time()
     try:
         config = load_config(args.config)

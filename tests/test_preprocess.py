@@ -442,4 +442,5 @@ def test_cli_runs_and_prints_the_summary(tmp_path):
     assert "train: 3 lines, 2 clips written, 1 rejected" in result.stdout
     assert "val: 1 lines, 1 clips written, 0 rejected" in result.stdout
     assert rejected_lines(tmp_path / "out")[0]["reason"] == "missing_file"
+    assert "WARNING --audio_root is the demo's (demo/wavs)" in result.stderr  # own filelists, the demo's root
     assert not [name for name in os.listdir(tmp_path / "out") if "probe" in name]
