@@ -23,12 +23,16 @@ from pipeline.filelist import FilelistError, read_lines  # noqa: E402
 from pipeline.paths import PathError  # noqa: E402
 
 
+# The demo corpus: what the job runs on with no flag.
+DEMO_TRAIN, DEMO_VAL, DEMO_AUDIO_ROOT = "filelists/demo_train.txt", "filelists/demo_val.txt", "demo/wavs"
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/v1.json", help="HiFi-GAN config (the original's JSON keys)")
-    parser.add_argument("--train_filelist", default="filelists/demo_train.txt", help="training split: path|text lines")
-    parser.add_argument("--val_filelist", default="filelists/demo_val.txt", help="validation split: path|text lines")
-    parser.add_argument("--audio_root", default="demo/wavs", help="directory the filelist paths are relative to")
+    parser.add_argument("--train_filelist", default=DEMO_TRAIN, help="training split: path|text lines")
+    parser.add_argument("--val_filelist", default=DEMO_VAL, help="validation split: path|text lines")
+    parser.add_argument("--audio_root", default=DEMO_AUDIO_ROOT, help="directory the filelist paths are relative to")
     parser.add_argument("--output_dir", default="data/tfrecords", help="where shards, manifest.json and "
                         "rejected.jsonl go (local path or any Beam filesystem URI, e.g. gs://bucket/dir)")
     parser.add_argument("--base_mels_path", default=None, help="fine-tune mode: directory of teacher-forced "
@@ -71,11 +75,9 @@ def main(argv=None):
     args, beam_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # its INFO lines are about its own internals
-    demo = parse_args([])[0]
-    if args.audio_root == demo.audio_root and (args.train_filelist, args.val_filelist) != (demo.train_filelist,
-                                                                                          demo.val_filelist):
+    if args.audio_root == DEMO_AUDIO_ROOT and (args.train_filelist, args.val_filelist) != (DEMO_TRAIN, DEMO_VAL):
         logging.warning("--audio_root is the demo's (%s): relative paths of these filelists are read from it",
-                        demo.audio_root)
+                        DEMO_AUDIO_ROOT)
     start = time.time()
     try:
         config = load_config(args.config)

@@ -541,11 +541,12 @@ def run(config: HiFiGANConfig, options: PreprocessOptions, beam_args: list[str] 
     except (ValueError, ImportError, AttributeError, TypeError) as e:  # what Beam's create_runner raises
         runner = pipeline_options.view_as(StandardOptions).runner
         raise PreprocessError(f"cannot use Beam runner {runner}: {str(e).strip().splitlines()[0]}") from None
+    # One line now, not a worker's traceback later (the filelists: when build_pipeline reads them).
     paths = {options.output_dir: "output directory", options.audio_root: "audio root",
-             options.base_mels_path: "teacher mel directory", **{f: "filelist" for f in options.filelists.values()}}
+             options.base_mels_path: "teacher mel directory"}
     for path, what in paths.items():
         if path is not None:
-            check_filesystem(path, what)  # one line now, not a worker's traceback later
+            check_filesystem(path, what)
     # NOTE: a missing local directory would otherwise reject every line as missing and still exit 0.
     if options.base_mels_path:
         check_directory(options.base_mels_path, "teacher mel directory")
