@@ -11,7 +11,7 @@ import sys
 from model.checkpoint import CheckpointError
 from model.convert import ConversionError, TorchCheckpointError, convert
 from model.outputs import OutputError
-from pipeline.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 
 
 def main(argv=None) -> int:

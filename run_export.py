@@ -14,7 +14,7 @@ import sys
 from model.checkpoint import CheckpointError, restore_generator
 from model.export import TFLITE_QUANTIZATIONS, ExportError, export
 from model.outputs import OutputError
-from pipeline.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 
 
 def main(argv=None) -> int:

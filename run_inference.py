@@ -13,7 +13,7 @@ import sys
 from model.checkpoint import CheckpointError, restore_generator
 from model.inference import InputError, Vocoder, vocode_files
 from model.outputs import OutputError
-from pipeline.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 
 
 def main(argv=None) -> int:

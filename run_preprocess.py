@@ -18,9 +18,9 @@ logging.getLogger().addFilter(lambda record: not record.getMessage().startswith(
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.filelist import FilelistError, read_lines  # noqa: E402
-from pipeline.paths import PathError  # noqa: E402
+from core.config import load_config  # noqa: E402
+from core.filelist import FilelistError, read_lines  # noqa: E402
+from core.storage import PathError  # noqa: E402
 
 
 # The demo corpus: what the job runs on with no flag.

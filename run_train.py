@@ -9,7 +9,7 @@ import sys
 from model.checkpoint import CheckpointError
 from model.data import DataError
 from model.outputs import OutputError
-from pipeline.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:

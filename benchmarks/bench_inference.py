@@ -105,7 +105,7 @@ def bench_config(name: str, config_path: str, args) -> tuple[dict[str, float], d
 
     from model.export import TFLiteVocoder, example_mel, tflite_bytes
     from model.generator import Generator
-    from pipeline.config import load_config
+    from core.config import load_config
 
     cfg = load_config(config_path)
     frames = int(round(args.seconds * cfg.audio.sampling_rate / cfg.audio.hop_size))

@@ -27,9 +27,9 @@ def write_corpus(tmp: str, cfg, num_clips: int, seconds: float, num_shards: int)
     import soundfile as sf
     import tensorflow as tf
 
-    from pipeline.manifest import MANIFEST_NAME, Manifest
-    from pipeline.mel import MelExtractor
-    from pipeline.schema import to_example
+    from core.manifest import MANIFEST_NAME, Manifest
+    from core.mel import MelExtractor
+    from core.records import to_example
 
     rng = np.random.default_rng(0)
     extractor, hop = MelExtractor(cfg.audio), cfg.audio.hop_size
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--reference_repo", default=None, help="checkout of jik876/hifi-gan to time as well")
     p.add_argument("--reference_python", default=sys.executable, help="python with torch for the reference")
     args = p.parse_args(argv)
-    from pipeline.config import config_from_dict, load_config
+    from core.config import config_from_dict, load_config
 
     cfg = config_from_dict({**load_config(args.config).raw, "batch_size": args.batch_size})
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,7 +3,7 @@
 Builds a temporary corpus of ~10 s clips by concatenating the demo corpus (``--minutes`` of audio), then measures
   stages: the job's steps in one process without Beam, each timed over the corpus: read the file, decode,
       both mels, serialise (``to_example``), TFRecord framing + spill write, and pass 2's copy into a shard;
-  (a) floor: a single-process loop of decode + both mels (pipeline/audio.py, pipeline/mel.py; no Beam, no
+  (a) floor: a single-process loop of decode + both mels (core/audio.py, core/mel.py; no Beam, no
       serialisation, no writing), with glibc's default allocator settings, like the stages above;
   (a') the same once ``keep_freed_memory()``, which the job's workers call, has made the allocator keep freed
       memory (the jobs below run in this process or in workers that call it);
@@ -34,11 +34,11 @@ import psutil
 import soundfile as sf
 
 from pipeline import preprocess
-from pipeline.audio import load_audio
-from pipeline.config import load_config
-from pipeline.mel import MelExtractor
+from core.audio import load_audio
+from core.config import load_config
+from core.mel import MelExtractor
 from pipeline.preprocess import PreprocessOptions, run
-from pipeline.schema import to_example
+from core.records import to_example
 
 CLIP_SECONDS = 10.0
 

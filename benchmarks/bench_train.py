@@ -22,8 +22,8 @@ ROOT = os.path.dirname(HERE)
 
 
 def make_batch(cfg, batch_size: int, seed: int = 0) -> dict:
-    """A batch of harmonic tones: audio [B, segment] and their mels [B, F, num_mels] (pipeline.mel)."""
-    from pipeline.mel import MelExtractor
+    """A batch of harmonic tones: audio [B, segment] and their mels [B, F, num_mels] (core.mel)."""
+    from core.mel import MelExtractor
 
     rng = np.random.default_rng(seed)
     extractor = MelExtractor(cfg.audio)
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    from pipeline.config import config_from_dict, load_config
+    from core.config import config_from_dict, load_config
 
     for path in args.configs.split(","):
         raw = {**load_config(path).raw, "batch_size": args.batch_size, "segment_size": args.segment_size}

@@ -19,7 +19,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from pipeline.config import ConfigError, HiFiGANConfig, config_from_dict
+from core.config import ConfigError, HiFiGANConfig, config_from_dict
 
 CHECKPOINT_NAME = "ckpt"
 CONFIG_NAME = "config.json"

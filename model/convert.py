@@ -18,7 +18,7 @@ import tensorflow as tf
 from model.checkpoint import CHECKPOINT_NAME, write_json_beside
 from model.outputs import writable_dir
 from model.torch_checkpoint import TorchCheckpointError, load_torch_file, state_dict
-from pipeline.config import HiFiGANConfig
+from core.config import HiFiGANConfig
 
 log = logging.getLogger(__name__)
 

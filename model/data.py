@@ -1,4 +1,4 @@
-"""Streaming tf.data input from the Beam job's TFRecord shards (see pipeline/schema.py and pipeline/manifest.py).
+"""Streaming tf.data input from the Beam job's TFRecord shards (see core/records.py and core/manifest.py).
 
 Nothing is cached in memory: each epoch lists the shards from the manifest, shuffles them, reads several at once
 and crops every clip on the frame grid on the fly. The whole order is a function of (seed, epoch): the shard
@@ -15,9 +15,9 @@ from typing import Iterable, Iterator
 
 import tensorflow as tf
 
-from pipeline.config import LOG_FLOOR_VALUE, HiFiGANConfig
-from pipeline.manifest import MANIFEST_NAME, Manifest
-from pipeline.schema import INT16_SCALE, feature_spec, parse
+from core.config import LOG_FLOOR_VALUE, HiFiGANConfig
+from core.manifest import MANIFEST_NAME, Manifest
+from core.records import INT16_SCALE, feature_spec, parse
 
 # Shards read at once, and the bounded shuffle buffer (in clips) behind them.
 CYCLE_LENGTH = 4
@@ -100,7 +100,7 @@ def steps_per_epoch(manifest: Manifest, batch_size: int, data_dir: str | None = 
 
 def parse_and_crop(serialized: tf.Tensor, key: tf.Tensor, num_mels: int, audio_encoding: str,
                    frames_per_segment: int, hop_size: int) -> dict:
-    """Random segment of one serialised record (pipeline/schema.py), on the frame grid.
+    """Random segment of one serialised record (core/records.py), on the frame grid.
 
     The start frame s is uniform in [0, T - F] (F = frames_per_segment) from the stateless ``key`` (int32/64
     [2]); returns mel and mel_loss [F, num_mels] = rows s..s+F and audio [F * hop_size] = samples

@@ -14,7 +14,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from model.outputs import writable_dir
-from pipeline.config import HiFiGANConfig
+from core.config import HiFiGANConfig
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from keras import ops
 
 from model.layers import (LRELU_SLOPE, PACKAGE, CroppedConv1DTranspose, PaddedConv1D, ResBlock1, ResBlock2,
                           WeightNorm, fold_weight_norms, track_layer_list)
-from pipeline.config import GeneratorConfig
+from core.config import GeneratorConfig
 
 
 def generator_config_to_dict(cfg: GeneratorConfig) -> dict:

@@ -22,9 +22,9 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from model.outputs import writable_dir
-from pipeline.audio import AUDIO_EXTENSIONS, AudioError, load_audio
-from pipeline.config import LOG_FLOOR_VALUE, GeneratorConfig, HiFiGANConfig
-from pipeline.mel import MelExtractor
+from core.audio import AUDIO_EXTENSIONS, AudioError, load_audio
+from core.config import LOG_FLOOR_VALUE, GeneratorConfig, HiFiGANConfig
+from core.mel import MelExtractor
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import tensorflow as tf
 from keras import ops
 
 from model.layers import PACKAGE
-from pipeline.config import LOG_FLOOR, AudioConfig
-from pipeline.mel import mel_basis, stft_window
+from core.config import LOG_FLOOR, AudioConfig
+from core.mel import mel_basis, stft_window
 
 
 def _f32(x):
@@ -54,7 +54,7 @@ def mel_loss(real_mel, fake_mel):
 
 @keras.saving.register_keras_serializable(PACKAGE)
 class MelSpectrogram(keras.layers.Layer):
-    """The original's log-mel in TF, equal to pipeline.mel on the same audio.
+    """The original's log-mel in TF, equal to core.mel on the same audio.
 
     audio [batch, samples] or [batch, samples, 1] -> log-mel float32 [batch, frames, num_mels] with
     frames = 1 + (samples + 2 * pad - n_fft) // hop_size, pad = (n_fft - hop_size) // 2 (reflect, no centring),
@@ -75,7 +75,7 @@ class MelSpectrogram(keras.layers.Layer):
         cfg = self.audio_cfg
         # NOTE: the STFT runs in float64. float32 FFTs (TF's, numpy's, torch's) differ from the exact log-mel by
         # up to ~3e-4 in low-energy bins, and from each other by as much; in float64 this layer is exact up to
-        # the float32 output, within 1e-4 of pipeline.mel. It costs ~5 ms per 16 x 8192-sample batch on CPU.
+        # the float32 output, within 1e-4 of core.mel. It costs ~5 ms per 16 x 8192-sample batch on CPU.
         audio = ops.cast(audio, "float64")
         if len(audio.shape) == 3:
             audio = audio[..., 0]

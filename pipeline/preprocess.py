@@ -14,7 +14,7 @@ Two passes keep memory flat in corpus size (only small index entries are ever gr
 A clip's shard is ``crc32(id) mod num_shards`` and records are sorted by id inside a shard, so every runner
 writes byte-identical shards. All output goes through Beam's FileSystems (local paths, gs://, ...).
 
-The job never imports TensorFlow: records are encoded by ``pipeline.schema.to_example`` and framed here (TFRecord:
+The job never imports TensorFlow: records are encoded by ``core.records.to_example`` and framed here (TFRecord:
 length, masked CRC-32C of the length, payload, masked CRC-32C of the payload), so a Beam worker process starts
 ~6 s sooner and holds ~220 MB instead of ~800 MB. On DirectRunner the job runs multi_threading by default
 (:func:`local_defaults`).
@@ -44,14 +44,15 @@ from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.audio import AudioError, load_audio
-from pipeline.config import AudioConfig, HiFiGANConfig
-from pipeline.filelist import ClipEntry, read_filelists, rejection
-from pipeline.manifest import MANIFEST_NAME, REJECTED_NAME, SPLITS, Manifest
-from pipeline.mel import MelExtractor
-from pipeline.paths import check_directory, check_filesystem, check_writable
-from pipeline.schema import AUDIO_ENCODINGS, to_example
-from pipeline.teacher import TeacherMelError, load_teacher_mel
+from core.audio import AudioError, load_audio
+from core.config import AudioConfig, HiFiGANConfig
+from core.filelist import ClipEntry, read_filelists, rejection
+from core.manifest import MANIFEST_NAME, REJECTED_NAME, SPLITS, Manifest
+from core.mel import MelExtractor
+from core.storage import check_directory, check_filesystem, check_writable
+from core.records import AUDIO_ENCODINGS, to_example
+from core.melfile import TeacherMelError, load_teacher_mel
+from pipeline.options import PreprocessOptions
 
 CONFIG_NAME = "config.json"
 SPILL_DIR = "_tmp"
@@ -69,36 +70,6 @@ _RAW = CompressionTypes.UNCOMPRESSED
 
 class PreprocessError(ValueError):
     """A job that cannot start (e.g. an unknown Beam runner); the message is one line."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PreprocessOptions:
-    """What the job reads and writes (the job's flags other than Beam's own).
-
-    ``filelists`` maps a split name ("train", "val") to its filelist. ``base_mels_path`` switches to fine-tune
-    mode: teacher-forced Tacotron mels ``<base_mels_path>/<id>.npy`` replace the model-input mel.
-    """
-
-    filelists: Mapping[str, str]
-    audio_root: str
-    output_dir: str
-    base_mels_path: str | None = None
-    num_shards: int | None = None
-    frame_tolerance: int = 2
-    max_seconds: float = 60.0
-    audio_encoding: str = "int16"
-
-    def __post_init__(self):
-        if self.audio_encoding not in AUDIO_ENCODINGS:
-            raise ValueError(f"audio_encoding must be one of {AUDIO_ENCODINGS}, got {self.audio_encoding!r}")
-        if self.num_shards is not None and self.num_shards < 1:
-            raise ValueError(f"num_shards must be >= 1, got {self.num_shards}")
-        if self.frame_tolerance < 0 or not self.max_seconds > 0:
-            raise ValueError(f"--frame_tolerance must be >= 0 and --max_seconds > 0, got {self.frame_tolerance} and "
-                             f"{self.max_seconds}")
-        unknown = sorted(set(self.filelists) - set(SPLITS))
-        if unknown:
-            raise ValueError(f"unknown split {unknown[0]!r}; splits are {SPLITS}")
 
 
 class IndexEntry(NamedTuple):

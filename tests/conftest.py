@@ -61,6 +61,6 @@ def _seeded():
 
 @pytest.fixture(scope="session")
 def v1_config():
-    from pipeline.config import load_config
+    from core.config import load_config
 
     return load_config(os.path.join(REPO_ROOT, "configs", "v1.json"))

@@ -1,4 +1,4 @@
-"""pipeline/audio.py on real files written with soundfile: formats, mixdown, resampling, normalisation, errors."""
+"""core/audio.py on real files written with soundfile: formats, mixdown, resampling, normalisation, errors."""
 
 import io
 
@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 
 from conftest import sine, write_audio
-from pipeline.audio import PEAK_NORMALISED, AudioError, decode, load_audio
+from core.audio import PEAK_NORMALISED, AudioError, decode, load_audio
 
 SR = 22050
 

@@ -1,4 +1,4 @@
-"""Every validation rule of pipeline/config.py: the one-line ConfigError names the key at fault."""
+"""Every validation rule of core/config.py: the one-line ConfigError names the key at fault."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 
 from conftest import REPO_ROOT, raw_config
-from pipeline.config import ConfigError, config_from_dict, load_config
+from core.config import ConfigError, config_from_dict, load_config
 
 
 @pytest.mark.parametrize("name,resblock,channels", [("v1", "1", 512), ("v2", "1", 128), ("v3", "2", 256)])

@@ -14,7 +14,7 @@ from model.checkpoint import CONFIG_NAME, FINGERPRINT_NAME, has_discriminators, 
 from model.convert import ConversionError, convert
 from model.discriminators import MultiPeriodDiscriminator, MultiScaleDiscriminator
 from model.inference import to_int16
-from pipeline.config import load_config
+from core.config import load_config
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 CONFIG = os.path.join(FIXTURES, "ckpt_config.json")
@@ -93,7 +93,7 @@ def test_bad_checkpoints_are_refused_and_nothing_is_written(broken, message, tmp
 
 def test_config_that_does_not_fit_the_checkpoint(cfg, tmp_path):
     raw = {**cfg.raw, "upsample_initial_channel": 32}
-    from pipeline.config import config_from_dict
+    from core.config import config_from_dict
 
     with pytest.raises(ConversionError, match="key 'conv_pre.bias' has shape \\[16\\], expected \\[32\\]"):
         convert(config_from_dict(raw), os.path.join(FIXTURES, "ckpt_g_zip"), str(tmp_path / "out"))

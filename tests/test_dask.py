@@ -6,7 +6,7 @@ import pytest
 
 from conftest import DEMO_TRAIN, DEMO_VAL, DEMO_WAVS, read_filelist_ids
 from pipeline import preprocess
-from pipeline.manifest import MANIFEST_NAME, REJECTED_NAME
+from core.manifest import MANIFEST_NAME, REJECTED_NAME
 from pipeline.preprocess import PreprocessOptions
 
 distributed = pytest.importorskip("dask.distributed")

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from model import data
-from pipeline.config import LOG_FLOOR_VALUE
+from core.config import LOG_FLOOR_VALUE
 from tests.train_helpers import debug_config, tone_shards, write_shards
 
 CFG = debug_config()

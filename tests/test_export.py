@@ -13,7 +13,7 @@ import run_inference
 from model.checkpoint import restore_generator
 from model.convert import convert
 from model.export import TFLITE_QUANTIZATIONS, TFLiteVocoder, example_mel
-from pipeline.config import load_config
+from core.config import load_config
 from tests.conftest import chirp_with_noise, write_audio
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")

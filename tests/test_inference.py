@@ -14,9 +14,9 @@ from conftest import chirp_with_noise, write_audio
 from model.checkpoint import restore_generator
 from model.convert import convert
 from model.inference import Vocoder, mel_warning, receptive_field_frames, to_int16
-from pipeline.audio import load_audio
-from pipeline.config import load_config
-from pipeline.mel import MelExtractor
+from core.audio import load_audio
+from core.config import load_config
+from core.mel import MelExtractor
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 # Same float32 computation in a different batch / length: oneDNN may round differently, ~1e-7 of full scale.

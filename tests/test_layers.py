@@ -10,7 +10,7 @@ from model.discriminators import (DiscriminatorP, MultiPeriodDiscriminator, Mult
                                   ZeroPaddedAvgPool1D)
 from model.generator import Generator
 from model.layers import CroppedConv1DTranspose, PaddedConv1D, PaddedConv2D, SpectralNorm, WeightNorm, time_conv
-from pipeline.config import GeneratorConfig
+from core.config import GeneratorConfig
 
 
 def make_generator_config(**overrides) -> GeneratorConfig:

@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from model.losses import (MelSpectrogram, discriminator_loss, feature_matching_loss, generator_adversarial_loss,
                           mel_loss)
-from pipeline.config import LossConfig, load_config
-from pipeline.mel import MelExtractor
+from core.config import LossConfig, load_config
+from core.mel import MelExtractor
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "loss_parity.npz")
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "v1.json")

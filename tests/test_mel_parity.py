@@ -1,4 +1,4 @@
-"""The numpy mel (pipeline/mel.py) and the TF loss mel (model/losses.MelSpectrogram) against the original's
+"""The numpy mel (core/mel.py) and the TF loss mel (model/losses.MelSpectrogram) against the original's
 ``mel_spectrogram`` on real speech (espeak-ng) and on the same speech padded with digital silence
 (tests/fixtures/mel_parity.npz, made by tools/make_fixtures.py)."""
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from model.losses import MelSpectrogram
-from pipeline.config import LOG_FLOOR_VALUE, AudioConfig
-from pipeline.mel import MelExtractor
+from core.config import LOG_FLOOR_VALUE, AudioConfig
+from core.mel import MelExtractor
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "mel_parity.npz")
 REFERENCE_TOL = 1e-3  # max abs, log-mel, vs the original (torch float32 STFT)

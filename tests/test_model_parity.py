@@ -11,7 +11,7 @@ import pytest
 from model.discriminators import MultiPeriodDiscriminator, MultiScaleDiscriminator
 from model.generator import Generator
 from model.torch_weights import load_generator_state, load_mpd_state, load_msd_state
-from pipeline.config import GeneratorConfig
+from core.config import GeneratorConfig
 from tools.make_fixtures import sample_points, synthetic_state
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "model_parity.npz")

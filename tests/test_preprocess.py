@@ -1,4 +1,4 @@
-"""The Beam job end to end on DirectRunner, read back with tf.data and pipeline/schema.parse alone."""
+"""The Beam job end to end on DirectRunner, read back with tf.data and core/records.parse alone."""
 
 import json
 import os
@@ -11,13 +11,13 @@ import tensorflow as tf
 
 from conftest import DEMO_TRAIN, DEMO_VAL, DEMO_WAVS, REPO_ROOT, chirp_with_noise, read_filelist_ids, write_audio
 from pipeline import preprocess
-from pipeline.filelist import audio_path, read_filelists
-from pipeline.manifest import MANIFEST_NAME, REJECTED_NAME
-from pipeline.mel import MelExtractor, mel_spectrogram
-from pipeline.paths import PathError
+from core.filelist import audio_path, read_filelists
+from core.manifest import MANIFEST_NAME, REJECTED_NAME
+from core.mel import MelExtractor, mel_spectrogram
+from core.storage import PathError
 from pipeline.preprocess import PreprocessOptions, local_defaults, num_shards_for, shard_of
-from pipeline.schema import parse, to_example
-from pipeline.teacher import TeacherMelError, teacher_mel_layout
+from core.records import parse, to_example
+from core.melfile import TeacherMelError, teacher_mel_layout
 
 DIRECT = ["--runner", "DirectRunner"]
 SR = 22050
@@ -35,7 +35,7 @@ def run_job(v1_config, out, filelists, audio_root=DEMO_WAVS, beam_args=DIRECT, *
 
 
 def read_records(out, manifest, split):
-    """Every record of a split, via tf.data and schema.parse only."""
+    """Every record of a split, via tf.data and records.parse only."""
     files = [os.path.join(str(out), name) for name in manifest.splits[split].shards]
     num_mels = manifest.audio["num_mels"]
     dataset = tf.data.TFRecordDataset(files).map(lambda s: parse(s, num_mels, manifest.audio_encoding))
@@ -166,7 +166,7 @@ def test_the_job_does_not_import_tensorflow(tmp_path):
     """Beam workers start without TensorFlow: the whole job runs in a process that never imports it."""
     ids = read_filelist_ids(DEMO_TRAIN)
     train, val = write_filelist(tmp_path / "train.txt", ids[:2]), write_filelist(tmp_path / "val.txt", ids[2:3])
-    code = ("import sys; from pipeline.config import load_config; from pipeline import preprocess; "
+    code = ("import sys; from core.config import load_config; from pipeline import preprocess; "
             f"m = preprocess.run(load_config('configs/v1.json'), preprocess.PreprocessOptions("
             f"filelists={{'train': {train!r}, 'val': {val!r}}}, audio_root={DEMO_WAVS!r}, "
             f"output_dir={str(tmp_path / 'out')!r}), ['--runner', 'DirectRunner']); "

@@ -16,7 +16,7 @@ from model import checkpoint as ckpt_lib
 from model.data import DataError
 from model.outputs import OutputError
 from model.train import Trainer, TrainingError, TrainOptions, train
-from pipeline.config import load_config
+from core.config import load_config
 from tests.train_helpers import config_file, debug_config, tone_clip, tone_shards, write_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -19,7 +19,7 @@ import tensorflow as tf
 from model.torch_weights import (discriminator_torch_state, generator_torch_state, load_generator_state,
                                  load_mpd_state, load_msd_state)
 from model.train import Trainer
-from pipeline.config import config_from_dict
+from core.config import config_from_dict
 from tools.make_fixtures import sample_points, synthetic_state
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "train_step_parity.npz")

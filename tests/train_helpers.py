@@ -8,10 +8,10 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import config_from_dict, load_config
-from pipeline.manifest import MANIFEST_NAME, Manifest
-from pipeline.mel import MelExtractor
-from pipeline.schema import to_example
+from core.config import config_from_dict, load_config
+from core.manifest import MANIFEST_NAME, Manifest
+from core.mel import MelExtractor
+from core.records import to_example
 
 DEBUG_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "debug.json")
 

@@ -8,7 +8,7 @@ import sys
 
 from model.checkpoint import CheckpointError
 from model.data import DataError
-from pipeline.config import ConfigError
+from core.config import ConfigError
 
 
 def plot_validation_clip(checkpoint_path: str, data_dir: str, output: str, index: int = 0) -> str:

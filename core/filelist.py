@@ -3,7 +3,7 @@
 Two conventions of the original are accepted: a bare stem (``LJ001-0001|text|text``, as in its
 ``filelists/training.txt``), which gets ``.wav``, and a path with its extension
 (``./LJSpeech-1.1/wavs/LJ050-0234.wav|text``), used as it is. Only the audio extensions of
-``pipeline.audio.AUDIO_EXTENSIONS`` count as extensions: any other entry, dotted or not (``spk.v2_0001``,
+``core.audio.AUDIO_EXTENSIONS`` count as extensions: any other entry, dotted or not (``spk.v2_0001``,
 ``x.y.z``), is a stem that gets ``.wav``. Paths are relative to the audio root unless they are absolute or a URI.
 A clip's id is its file name without the audio extension (``x.y.z``, ``LJ001-0001``); records and teacher mels
 (``<id>.npy``) are keyed by id, so a second line with the same id is rejected (``duplicate_id``).
@@ -20,8 +20,8 @@ from typing import Mapping
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.audio import AUDIO_EXTENSIONS
-from pipeline.paths import check_filesystem, first_line
+from core.audio import AUDIO_EXTENSIONS
+from core.storage import check_filesystem, first_line
 
 
 class FilelistError(ValueError):

@@ -16,7 +16,7 @@ import scipy.fft
 import scipy.signal
 import scipy.sparse
 
-from pipeline.config import LOG_FLOOR, AudioConfig
+from core.config import LOG_FLOOR, AudioConfig
 
 
 @functools.lru_cache(maxsize=16)

@@ -6,8 +6,8 @@ import dataclasses
 import json
 from typing import Any
 
-from pipeline.config import AudioConfig
-from pipeline.schema import SCHEMA_VERSION
+from core.config import AudioConfig
+from core.records import SCHEMA_VERSION
 
 MANIFEST_NAME = "manifest.json"
 REJECTED_NAME = "rejected.jsonl"
