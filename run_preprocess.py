@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
 from core.config import load_config  # noqa: E402
 from core.filelist import FilelistError, read_lines  # noqa: E402
+from core.errors import UserError  # noqa: E402
 from core.storage import PathError  # noqa: E402
 
 
@@ -91,7 +92,7 @@ def main(argv=None):
             filelists={"train": args.train_filelist, "val": args.val_filelist}, audio_root=args.audio_root,
             output_dir=args.output_dir, base_mels_path=args.base_mels_path, num_shards=args.num_shards,
             frame_tolerance=args.frame_tolerance, max_seconds=args.max_seconds, audio_encoding=args.audio_encoding)
-    except ValueError as e:  # ConfigError and FilelistError included
+    except (ValueError, UserError) as e:  # ConfigError and FilelistError included
         print(f"run_preprocess.py: error: {e}", file=sys.stderr)
         return 2
     try:

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import soundfile as sf
 import soxr
+from core.errors import UserError
 
 # NOTE: the original scales audio by 0.95 after peak normalisation (librosa.util.normalize(x) * 0.95).
 PEAK_NORMALISED = 0.95
@@ -19,7 +20,7 @@ SILENCE_PEAK = 1e-4
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".caf")
 
 
-class AudioError(ValueError):
+class AudioError(UserError):
     """A clip that cannot be used; ``reason`` is a short machine-readable tag, the message says why."""
 
     def __init__(self, reason: str, message: str):

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 from typing import Any, Mapping
+from core.errors import UserError
 
 # NOTE: the original clamps magnitudes at 1e-5 before the natural log; padding a log-mel with anything else
 # makes the vocoder buzz (original issue #50), so the floor is part of the feature contract.
@@ -23,7 +24,7 @@ PADDING_CONVENTION = "reflect_(n_fft-hop_size)/2_no_center"
 CHANNEL_DIVISORS = (1, 2, 4, 8)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config problem; the message is one line naming the offending key."""
 
 

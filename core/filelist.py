@@ -22,9 +22,10 @@ from apache_beam.io.filesystems import FileSystems
 
 from core.audio import AUDIO_EXTENSIONS
 from core.storage import check_filesystem, first_line
+from core.errors import UserError
 
 
-class FilelistError(ValueError):
+class FilelistError(UserError):
     """A filelist that cannot be read; the message is one line naming the file."""
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from core.errors import UserError
 
 
-class TeacherMelError(ValueError):
+class TeacherMelError(UserError):
     """A teacher mel that cannot be used; ``reason`` is a short tag (teacher_mel_*), the message says why."""
 
     def __init__(self, reason: str, message: str):

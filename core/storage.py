@@ -7,9 +7,10 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
+from core.errors import UserError
 
 
-class PathError(ValueError):
+class PathError(UserError):
     """A path the job cannot read or write; the message is one line naming it."""
 
 

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from core.config import ConfigError, HiFiGANConfig, config_from_dict
+from core.errors import UserError
 
 CHECKPOINT_NAME = "ckpt"
 CONFIG_NAME = "config.json"
@@ -27,7 +28,7 @@ FINGERPRINT_NAME = "audio_fingerprint.json"
 INDEX_NAME = "checkpoint"  # the CheckpointManager's index file (a text CheckpointState)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint directory that cannot be used; one line naming the path."""
 
 

@@ -19,11 +19,12 @@ from model.checkpoint import CHECKPOINT_NAME, write_json_beside
 from model.outputs import writable_dir
 from model.torch_checkpoint import TorchCheckpointError, load_torch_file, state_dict
 from core.config import HiFiGANConfig
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """A checkpoint that does not fit the config, or an unusable output directory; one line."""
 
 

@@ -18,13 +18,14 @@ import tensorflow as tf
 from core.config import LOG_FLOOR_VALUE, HiFiGANConfig
 from core.manifest import MANIFEST_NAME, Manifest
 from core.records import INT16_SCALE, feature_spec, parse
+from core.errors import UserError
 
 # Shards read at once, and the bounded shuffle buffer (in clips) behind them.
 CYCLE_LENGTH = 4
 SHUFFLE_BUFFER = 256
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Shards that cannot be read; the message is one line naming the path."""
 
 

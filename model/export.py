@@ -15,6 +15,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from model.outputs import writable_dir
 from core.config import HiFiGANConfig
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ SIGNATURE_KEY = "serving_default"
 INPUT_NAME, OUTPUT_NAME = "mel", "audio"
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """An export that failed or does not match the Keras model; one line."""
 
 

@@ -25,6 +25,7 @@ from model.outputs import writable_dir
 from core.audio import AUDIO_EXTENSIONS, AudioError, load_audio
 from core.config import LOG_FLOOR_VALUE, GeneratorConfig, HiFiGANConfig
 from core.mel import MelExtractor
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ MEL_MAX_PLAUSIBLE = 2.5
 MEL_MEAN_PLAUSIBLE = (-10.0, -3.0)
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """An input file that cannot be vocoded; the message says why (one line)."""
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from core.errors import UserError
 
 PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError):
     """A run that cannot start or go on (bad data, refused options, non-finite loss); one-line message."""
 
 

@@ -6,9 +6,10 @@ import os
 import uuid
 
 import tensorflow as tf
+from core.errors import UserError
 
 
-class OutputError(ValueError):
+class OutputError(UserError):
     """An output path that cannot be written; the message is one line naming it."""
 
 

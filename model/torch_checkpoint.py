@@ -30,6 +30,7 @@ import zipfile
 from typing import Any
 
 import numpy as np
+from core.errors import UserError
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL_VERSION = 1001
@@ -50,7 +51,7 @@ _SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "complex": complex, "slice
                   "bool": bool, "bytes": bytes}
 
 
-class TorchCheckpointError(ValueError):
+class TorchCheckpointError(UserError):
     """A torch file that cannot (or must not) be read; the message is one line naming the file."""
 
 

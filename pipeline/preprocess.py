@@ -53,6 +53,7 @@ from core.storage import check_directory, check_filesystem, check_writable
 from core.records import AUDIO_ENCODINGS, to_example
 from core.melfile import TeacherMelError, load_teacher_mel
 from pipeline.options import PreprocessOptions
+from core.errors import UserError
 
 CONFIG_NAME = "config.json"
 SPILL_DIR = "_tmp"
@@ -68,7 +69,7 @@ REJECTED_TAG = "rejected"
 _RAW = CompressionTypes.UNCOMPRESSED
 
 
-class PreprocessError(ValueError):
+class PreprocessError(UserError):
     """A job that cannot start (e.g. an unknown Beam runner); the message is one line."""
 
 
@@ -96,7 +97,7 @@ class ShardStats(NamedTuple):
     frame_trims: int
 
 
-class ClipError(ValueError):
+class ClipError(UserError):
     """A clip rejected for its content; ``reason`` is the rejected.jsonl tag."""
 
     def __init__(self, reason: str, message: str):
