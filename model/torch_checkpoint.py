@@ -183,12 +183,46 @@ def _tensor_to_numpy(ref: _TensorRef, path: str) -> np.ndarray:
     return array
 
 
-def _read_storage(raw: bytes, ref: _StorageRef, big_endian: bool, where: str) -> None:
+def _read_storage(raw: bytes, ref: _StorageRef, big_endian: bool, where: str, numel: int | None = None) -> None:
+    """Attaches ``numel`` elements (default: all the storage declares) of ``raw`` to ``ref``."""
     dtype = _to_numpy_dtype(ref.dtype, big_endian)
-    if len(raw) < ref.numel * dtype.itemsize:
+    numel = ref.numel if numel is None else numel
+    if len(raw) < numel * dtype.itemsize:
         raise TorchCheckpointError(f"{where}: storage '{ref.key}' is truncated ({len(raw)} bytes for "
-                                   f"{ref.numel} x {dtype.itemsize})")
-    ref.array = np.frombuffer(raw, dtype=dtype, count=ref.numel)
+                                   f"{numel} x {dtype.itemsize})")
+    ref.array = np.frombuffer(raw, dtype=dtype, count=numel)
+
+
+def _tensor_refs(obj: Any):
+    """Every _TensorRef in a nested structure of dicts / lists / tuples."""
+    if isinstance(obj, _TensorRef):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensor_refs(value)
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensor_refs(item)
+
+
+def _elements_used(obj: Any) -> dict[str, int]:
+    """Per storage key, how many leading elements the tensors that view it reach (0 if none reaches it)."""
+    used: dict[str, int] = {}
+    for ref in _tensor_refs(obj):
+        storage = getattr(ref.storage, "view_of", None) or ref.storage
+        end = ref.offset + getattr(ref.storage, "view_offset", 0)
+        if all(ref.size) and all(isinstance(n, int) and isinstance(s, int) for n, s in zip(ref.size, ref.stride)):
+            end += sum((n - 1) * max(s, 0) for n, s in zip(ref.size, ref.stride)) + 1
+        used[storage.key] = max(used.get(storage.key, 0), end)
+    return used
+
+
+def _check_fits(path: str, key: str, nbytes: int, available: int) -> None:
+    """NOTE: a storage's bytes lie in the file as they are (torch stores zip members uncompressed); a storage that
+    needs more bytes than the file holds would only be a decompression bomb or a lie, so it is refused before any
+    allocation: a small file cannot ask for gigabytes."""
+    if nbytes > available:
+        raise TorchCheckpointError(f"{path}: storage '{key}' needs {nbytes} bytes but the file holds {available}")
 
 
 def _load_zip(path: str) -> Any:
@@ -203,11 +237,17 @@ def _load_zip(path: str) -> Any:
             big_endian = archive.read(f"{root}byteorder").decode("ascii").strip() == "big"
         unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), path, legacy=False)
         obj = _unpickle(unpickler, path)
+        used = _elements_used(obj)
         for key, ref in unpickler.storages.items():
             name = f"{root}data/{key}"
             if name not in names:
                 raise TorchCheckpointError(f"{path}: storage '{key}' missing from the archive")
-            _read_storage(archive.read(name), ref, big_endian, path)
+            # Only what the tensors view is read (a declared storage may be larger than its tensors).
+            numel = min(ref.numel, used.get(key, 0))
+            nbytes = numel * _to_numpy_dtype(ref.dtype, big_endian).itemsize
+            _check_fits(path, key, nbytes, os.path.getsize(path))
+            with archive.open(name) as member:
+                _read_storage(member.read(nbytes), ref, big_endian, path, numel)
     return _materialize(obj, path)
 
 
@@ -248,6 +288,7 @@ def _load_legacy(path: str) -> Any:
             if numel != ref.numel:
                 raise TorchCheckpointError(f"{path}: storage '{key}' holds {numel} elements, expected {ref.numel}")
             itemsize = _to_numpy_dtype(ref.dtype, big_endian).itemsize
+            _check_fits(path, str(key), numel * itemsize, os.path.getsize(path) - f.tell())
             _read_storage(f.read(numel * itemsize), ref, big_endian, path)
     return _materialize(obj, path)
 

@@ -132,3 +132,43 @@ def test_broken_files_give_one_line_errors(tmp_path):
         load_torch_file(str(truncated_zip))
     with pytest.raises(TorchCheckpointError, match="no 'generator' entry"):
         state_dict(load_torch_file(fixture("ckpt_tensors_zip")), "generator", "tensors")
+
+
+def _zip_checkpoint(path, numel: int, size: tuple, member: bytes, compress: int = zipfile.ZIP_STORED):
+    """A zip torch file holding {"w": float32 tensor of ``size`` over storage '0'}, whose pickle declares
+    ``numel`` elements for the storage and whose member ``data/0`` is ``member``; pickle opcodes written by hand
+    (protocol 2), as torch.save writes them."""
+    def global_(module, name):
+        return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+    def ints(values):
+        return b"(" + b"".join(b"J" + int(v).to_bytes(4, "little", signed=True) for v in values) + b"t"
+
+    stride = [int(np.prod(size[i + 1:])) for i in range(len(size))]
+    pid = (b"(X\x07\x00\x00\x00storage" + global_("torch", "FloatStorage") + b"X\x01\x00\x00\x000X\x03\x00\x00\x00cpu"
+           + b"J" + numel.to_bytes(4, "little") + b"tQ")
+    tensor = (global_("torch._utils", "_rebuild_tensor_v2") + b"(" + pid + b"J\x00\x00\x00\x00" + ints(size)
+              + ints(stride) + b"\x89" + global_("collections", "OrderedDict") + b")Rt" + b"R")
+    data_pkl = b"\x80\x02}X\x01\x00\x00\x00w" + tensor + b"s."
+    with zipfile.ZipFile(path, "w", compression=compress) as archive:
+        archive.writestr("archive/data.pkl", data_pkl)
+        archive.writestr("archive/data/0", member)
+
+
+def test_declared_storage_is_read_only_as_far_as_its_tensors_reach(tmp_path):
+    values = np.arange(6, dtype="<f4")
+    path = tmp_path / "small.pt"
+    _zip_checkpoint(path, 2**30, (2, 3), values.tobytes())  # a 4 GiB storage declared, 24 bytes used
+    np.testing.assert_array_equal(load_torch_file(str(path))["w"], values.reshape(2, 3))
+
+
+def test_storage_larger_than_the_file_is_refused_before_allocation(tmp_path):
+    # 256 MiB of zeros deflate to ~256 KB: without the bound, reading it would allocate the whole storage.
+    numel = 2**26
+    path = tmp_path / "bomb.pt"
+    _zip_checkpoint(path, numel, (numel,), bytes(numel * 4), compress=zipfile.ZIP_DEFLATED)
+    assert os.path.getsize(path) < 2**20
+    with pytest.raises(TorchCheckpointError) as err:
+        load_torch_file(str(path))
+    assert f"storage '0' needs {numel * 4} bytes but the file holds {os.path.getsize(path)}" in str(err.value)
+    assert "\n" not in str(err.value)
