@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 DEMO_OUT := demo_out
 DEMO_STEPS ?= 300
 # `make fixtures`: a local checkout of the original (github.com/jik876/hifi-gan) and a Python with torch.
+# Every fixture records the checkout's commit and torch's version (tools/reference.py, tests/test_fixtures.py).
 REFERENCE_REPO ?= ../hifi-gan
 TORCH_PYTHON ?= python3
 

@@ -8,13 +8,14 @@ import argparse
 import logging
 import sys
 
-from model.checkpoint import CheckpointError
-from model.convert import ConversionError, TorchCheckpointError, convert
-from model.outputs import OutputError
-from core.config import ConfigError, load_config
+from core import cli
+from core.config import load_config
+from core.storage import TF_IO
+from model.convert import convert
 
 
-def main(argv=None) -> int:
+def convert_from_flags(argv=None) -> int:
+    """Converts as the flags say; UserError (one line) for a bad config, torch checkpoint or output directory."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="the original's config.json for this checkpoint")
     parser.add_argument("--torch_generator", required=True, help="g_XXXXXXXX file: {'generator': state_dict}")
@@ -23,14 +24,14 @@ def main(argv=None) -> int:
     parser.add_argument("--output_dir", required=True, help="new (or empty) checkpoint directory to write")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config)
-        prefix = convert(cfg, args.torch_generator, args.output_dir, args.torch_discriminator)
-    except (ConfigError, TorchCheckpointError, ConversionError, CheckpointError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, io=TF_IO)
+    prefix = convert(cfg, args.torch_generator, args.output_dir, args.torch_discriminator)
     print(f"wrote {prefix}")
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(convert_from_flags, argv)
 
 
 if __name__ == "__main__":

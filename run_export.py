@@ -11,13 +11,15 @@ import argparse
 import logging
 import sys
 
-from model.checkpoint import CheckpointError, restore_generator
-from model.export import TFLITE_QUANTIZATIONS, ExportError, export
-from model.outputs import OutputError
-from core.config import ConfigError, load_config
+from core import cli
+from core.config import load_config
+from core.storage import TF_IO
+from model.checkpoint import restore_generator
+from model.export import TFLITE_QUANTIZATIONS, export
 
 
-def main(argv=None) -> int:
+def export_from_flags(argv=None) -> int:
+    """Exports as the flags say; UserError (one line) for a bad checkpoint, config or output path."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (its latest checkpoint is used)")
     parser.add_argument("--config", default=None, help="config JSON (default: config.json beside the checkpoint)")
@@ -29,16 +31,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     quantizations = TFLITE_QUANTIZATIONS if args.tflite_quantization == "all" else (args.tflite_quantization,)
-    try:
-        cfg = load_config(args.config) if args.config else None
-        generator, cfg = restore_generator(args.checkpoint, cfg)
-        results = export(generator, cfg, args.format, args.output, quantizations)
-    except (ConfigError, CheckpointError, ExportError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, io=TF_IO) if args.config else None
+    generator, cfg = restore_generator(args.checkpoint, cfg)
+    results = export(generator, cfg, args.format, args.output, quantizations)
     for path, diff in results.items():
         print(f"{path}: max |export - keras| = {diff:.3g}")
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.run(export_from_flags, argv)
 
 
 if __name__ == "__main__":

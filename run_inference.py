@@ -10,13 +10,16 @@ import argparse
 import logging
 import sys
 
-from model.checkpoint import CheckpointError, restore_generator
-from model.inference import InputError, Vocoder, vocode_files
-from model.outputs import OutputError
-from core.config import ConfigError, load_config
+from core import cli
+from core.config import load_config
+from core.storage import TF_IO
+from model.checkpoint import restore_generator
+from model.inference import Vocoder, vocode_files
 
 
-def main(argv=None) -> int:
+def vocode_from_flags(argv=None) -> int:
+    """Vocodes as the flags say: exit status 0, or 1 if any input failed; UserError (one line) for a bad
+    checkpoint, config, option or output directory."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (its latest checkpoint is used)")
     parser.add_argument("--config", default=None, help="config JSON (default: config.json beside the checkpoint)")
@@ -36,18 +39,18 @@ def main(argv=None) -> int:
                              "conversion takes ~30 s for V1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config) if args.config else None
-        generator, cfg = restore_generator(args.checkpoint, cfg)
-        vocoder = Vocoder(generator, cfg, max_batch_frames=args.max_batch_frames, chunk_frames=args.chunk_frames,
-                          jit_compile=args.jit_compile, backend=args.backend)
-        result = vocode_files(vocoder, cfg, args.output_dir, args.input_wavs_dir, args.input_mels_dir,
-                              args.input_filelist)
-    except (ConfigError, CheckpointError, InputError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, io=TF_IO) if args.config else None
+    generator, cfg = restore_generator(args.checkpoint, cfg)
+    vocoder = Vocoder(generator, cfg, max_batch_frames=args.max_batch_frames, chunk_frames=args.chunk_frames,
+                      jit_compile=args.jit_compile, backend=args.backend)
+    result = vocode_files(vocoder, cfg, args.output_dir, args.input_wavs_dir, args.input_mels_dir,
+                          args.input_filelist)
     print(f"wrote {len(result.written)} files to {args.output_dir}; {len(result.failed)} failed")
     return 1 if result.failed else 0
+
+
+def main(argv=None) -> int:
+    return cli.run(vocode_from_flags, argv)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ ours (one after each of our timed calls) so that the machine's drifts hit both s
 is its best of --repeats calls against the best of the original's calls made right after them (best-of-N against
 best-of-N: the original's best over all its calls, the "original" row, has more tries at a quiet moment).
 
-    .venv/bin/python benchmarks/bench_inference.py --reference_repo /work/ref \
+    .venv/bin/python -m benchmarks.bench_inference --reference_repo /work/ref \
         --reference_python /work/torchvenv/bin/python
 
 Weights are random (speed does not depend on them); weight norm is folded as for inference.
@@ -23,36 +23,10 @@ import time
 
 import numpy as np
 
+from benchmarks import reference_timing
 from model.export import TFLITE_QUANTIZATIONS
 
 ORIGINAL = "original (torch)"
-
-# Runs in the reference's Python: builds the original Generator, removes weight norm and times it.
-REFERENCE_SCRIPT = r"""
-import json, sys, time, types, importlib.util, os
-import numpy as np, torch
-repo, config_path, mel_path, threads = sys.argv[1:5]
-torch.set_num_threads(int(threads))
-for name in ("matplotlib", "matplotlib.pylab"):
-    stub = types.ModuleType(name); stub.use = lambda *a, **k: None; stub.pylab = stub
-    sys.modules.setdefault(name, stub)
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(repo, name + ".py"))
-    module = importlib.util.module_from_spec(spec); sys.modules[name] = module; spec.loader.exec_module(module)
-    return module
-load("utils"); models = load("models")
-class H(dict):
-    __getattr__ = dict.__getitem__
-generator = models.Generator(H(json.load(open(config_path))))
-generator.eval(); generator.remove_weight_norm()
-mel = torch.from_numpy(np.load(mel_path)).transpose(1, 2).contiguous()  # [1, num_mels, frames]
-with torch.inference_mode():
-    generator(mel)
-    print("ready", flush=True)
-    for _ in sys.stdin:  # one timed call per request line
-        start = time.perf_counter(); generator(mel); print(time.perf_counter() - start, flush=True)
-"""
-
 
 class Original:
     """The original generator in a subprocess (a Python with torch), timed one call per request: its calls are
@@ -62,9 +36,9 @@ class Original:
         self.tmp = tempfile.TemporaryDirectory()
         mel_path = os.path.join(self.tmp.name, "mel.npy")
         np.save(mel_path, mel)
-        self.proc = subprocess.Popen([args.reference_python, "-c", REFERENCE_SCRIPT, args.reference_repo, config_path,
-                                      mel_path, str(args.threads)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+        cmd, env = reference_timing.command(args.reference_python, args.reference_repo, "generator",
+                                            config=config_path, mel=mel_path, threads=args.threads)
+        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         for line in self.proc.stdout:  # the original prints "Removing weight norm..." first
             if line.strip() == "ready":
                 break

@@ -10,16 +10,14 @@ which dominates a short run; the rate after it is the steady state that a long t
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from benchmarks import reference_timing
 
 
 def write_corpus(tmp: str, cfg, num_clips: int, seconds: float, num_shards: int) -> list[str]:
@@ -103,13 +101,8 @@ def main(argv=None) -> int:
             config = os.path.join(tmp, "config.json")
             with open(config, "w") as f:
                 f.write(cfg.to_json())
-            env = {**os.environ, "PYTHONPATH": os.path.abspath(args.reference_repo)}
-            cmd = [args.reference_python, os.path.join(HERE, "reference_timing.py"), "input", "--config", config,
-                   "--files", files, "--workers", str(args.workers), "--epochs", str(args.epochs)]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-            if out.returncode:
-                raise SystemExit(f"reference timing failed: {out.stderr.strip().splitlines()[-1:]}")
-            ref = json.loads(out.stdout.strip().splitlines()[-1])
+            ref = reference_timing.run(args.reference_python, args.reference_repo, "input", config=config,
+                                       files=files, workers=args.workers, epochs=args.epochs)
             print(f"original MelDataset + DataLoader ({args.workers} workers): {ref['clips_per_second']:.0f} "
                   f"clips/s overall, {ref['steady_clips_per_second']:.0f} clips/s after the first batch, first "
                   f"batch after {ref['first_batch_seconds']:.3f} s", flush=True)

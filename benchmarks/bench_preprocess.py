@@ -33,11 +33,13 @@ import numpy as np
 import psutil
 import soundfile as sf
 
-from pipeline import preprocess
 from core.audio import load_audio
 from core.config import load_config
 from core.mel import MelExtractor
-from pipeline.preprocess import PreprocessOptions, run
+from pipeline.clips import keep_freed_memory
+from pipeline.options import PreprocessOptions
+from pipeline.runner import run
+from pipeline.tfrecord_io import SpillFile, read_frame
 from core.records import to_example
 
 CLIP_SECONDS = 10.0
@@ -103,7 +105,7 @@ def stage_seconds(cfg, wav_dir: str, out_dir: str) -> dict[str, float]:
     """Seconds spent in each of the job's steps over the corpus, in one process, without Beam."""
     extractor = MelExtractor(cfg.audio)
     seconds = dict.fromkeys(("read", "decode", "mels", "serialise", "frame + spill", "shard copy"), 0.0)
-    spill = preprocess._SpillFile(out_dir)
+    spill = SpillFile(out_dir)
     index = []
     for path in sorted(glob.glob(os.path.join(wav_dir, "*.wav"))):
         t0 = time.perf_counter()
@@ -127,14 +129,14 @@ def stage_seconds(cfg, wav_dir: str, out_dir: str) -> dict[str, float]:
     start = time.perf_counter()
     with open(spill.path, "rb") as f, open(os.path.join(out_dir, "shard.tfrecord"), "wb") as out:
         for offset, length in sorted(index, key=lambda entry: -entry[0]):  # not the written order, as in a shard
-            out.write(preprocess._read_frame(f, offset, length))
+            out.write(read_frame(f, offset, length))
     seconds["shard copy"] = time.perf_counter() - start
     return seconds
 
 
 def floor_freed_memory_kept(cfg, wav_dir: str) -> None:
     """(a') the floor once the allocator keeps freed memory, as in the job's workers."""
-    preprocess.keep_freed_memory()
+    keep_freed_memory()
     floor(cfg, wav_dir)
 
 

@@ -8,17 +8,14 @@ original PyTorch implementation's step on the same batch in the same run, and th
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from benchmarks import reference_timing
 
 
 def make_batch(cfg, batch_size: int, seed: int = 0) -> dict:
@@ -40,7 +37,7 @@ def time_ours(cfg, batch: dict, steps: int, jit_compile: bool) -> tuple[float, f
     """(seconds of the first call incl. tracing, median seconds per step after it)."""
     import tensorflow as tf
 
-    from model.train import Trainer
+    from model.trainer import Trainer
 
     trainer = Trainer(cfg, jit_compile=jit_compile)
     tensors = {k: tf.constant(v) for k, v in batch.items()}
@@ -60,13 +57,9 @@ def time_reference(args, config_path: str, batch: dict) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "batch.npz")
         np.savez(path, **batch)
-        env = {**os.environ, "PYTHONPATH": os.path.abspath(args.reference_repo)}
-        cmd = [args.reference_python, os.path.join(HERE, "reference_timing.py"), "train", "--config", config_path,
-               "--batch", path, "--steps", str(args.steps), "--threads", str(args.threads)]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        if out.returncode:
-            raise SystemExit(f"reference timing failed: {out.stderr.strip().splitlines()[-1:]}")
-        return json.loads(out.stdout.strip().splitlines()[-1])["seconds_per_step"]
+        result = reference_timing.run(args.reference_python, args.reference_repo, "train", config=config_path,
+                                      batch=path, steps=args.steps, threads=args.threads)
+        return result["seconds_per_step"]
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
-"""Audio decoding: any soundfile format to mono float32 at the config's sampling rate."""
+"""Audio files: any soundfile format decoded to mono float32 at the config's sampling rate, and vocoded audio
+written as the original writes it (16-bit PCM WAV)."""
 
 from __future__ import annotations
 
@@ -77,3 +78,17 @@ def load_audio(data: bytes, sampling_rate: int, normalise: bool) -> np.ndarray:
         # Same as librosa.util.normalize(x) * 0.95 (max-abs norm) without its per-call overhead.
         audio = audio * np.float32(PEAK_NORMALISED / peak)
     return audio
+
+
+def to_int16(audio: np.ndarray) -> np.ndarray:
+    """float audio in [-1, 1] -> int16 as the original writes it (x 32768, truncated toward zero).
+
+    NOTE: the original casts audio * 32768 to int16 directly, so a sample of exactly +1.0 (tanh saturates in
+    float32) wraps around to -32768; we clip to [-32768, 32767] first.
+    """
+    return np.clip(np.asarray(audio, np.float32) * 32768.0, -32768.0, 32767.0).astype(np.int16)
+
+
+def write_wav(path: str, audio: np.ndarray, sampling_rate: int) -> None:
+    """Writes float audio [samples] as 16-bit PCM WAV."""
+    sf.write(path, to_int16(audio), sampling_rate, subtype="PCM_16")

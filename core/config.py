@@ -13,7 +13,12 @@ import hashlib
 import json
 import math
 from typing import Any, Mapping
+
 from core.errors import UserError
+from core.storage import BEAM_IO, Backend, read_bytes
+
+# The resolved config written beside the checkpoints and beside the shards (original flat keys).
+CONFIG_NAME = "config.json"
 
 # NOTE: the original clamps magnitudes at 1e-5 before the natural log; padding a log-mel with anything else
 # makes the vocoder buzz (original issue #50), so the floor is part of the feature contract.
@@ -325,17 +330,10 @@ def config_from_dict(raw: Mapping[str, Any]) -> HiFiGANConfig:
     )
 
 
-def load_config(path: str) -> HiFiGANConfig:
-    """Read and validate a JSON config file (local path or any tf.io.gfile / Beam filesystem path)."""
+def load_config(path: str, io: Backend = BEAM_IO) -> HiFiGANConfig:
+    """Read and validate a JSON config file: a local path, or a URI read with ``io`` (core/storage.py)."""
     try:
-        if "://" in path:
-            from apache_beam.io.filesystems import FileSystems
-
-            with FileSystems.open(path) as f:
-                text = f.read().decode("utf-8")
-        else:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
+        text = read_bytes(path, io=io).decode("utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror or e})") from None
     except UnicodeDecodeError as e:

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
-from typing import Mapping
-
-from apache_beam.io.filesystems import FileSystems
+from typing import Iterator, Mapping
 
 from core.audio import AUDIO_EXTENSIONS
-from core.storage import check_filesystem, first_line
 from core.errors import UserError
+from core.storage import BEAM_IO, Backend, exists, first_line, join, read_bytes
 
 
 class FilelistError(UserError):
@@ -44,14 +42,30 @@ def rejection(split: str, path: str, reason: str, detail: str) -> dict[str, str]
     return {"path": path, "split": split, "reason": reason, "detail": detail}
 
 
-def audio_path(audio_root: str, listed: str) -> str:
+def audio_path(audio_root: str, listed: str, io: Backend = BEAM_IO) -> str:
     """The audio file a filelist path names: ``.wav`` added unless it ends in an audio extension, joined to
-    ``audio_root``."""
+    ``audio_root`` (a URI root with ``io``'s join)."""
     if posixpath.splitext(listed)[1].lower() not in AUDIO_EXTENSIONS:
         listed += ".wav"
     if "://" in listed or posixpath.isabs(listed):
         return listed
-    return FileSystems.join(audio_root, posixpath.normpath(listed))
+    return join(audio_root, posixpath.normpath(listed), io=io)
+
+
+def input_name(listed: str, extensions: tuple[str, ...]) -> str:
+    """The file name, in a flat directory of inputs with ``extensions`` (audio files or ``.npy`` mels), of the
+    clip a filelist path names: its own name if it has one of them, else its clip id plus the first.
+
+    ``wavs/LJ001-0001.wav`` names ``LJ001-0001.npy`` among mels; a stem, dotted or not (``LJ001-0001``,
+    ``spk.v2_01``), gets the extension as in :func:`audio_path`.
+    """
+    name = posixpath.basename(listed)
+    stem, ext = posixpath.splitext(name)
+    if ext.lower() in extensions:
+        return name
+    if ext.lower() in AUDIO_EXTENSIONS + (".npy",):
+        return stem + extensions[0]
+    return name + extensions[0]
 
 
 def clip_id_of(path: str) -> str:
@@ -59,21 +73,31 @@ def clip_id_of(path: str) -> str:
     return posixpath.splitext(posixpath.basename(path))[0]
 
 
-def read_lines(path: str) -> list[str]:
-    """The lines of a local or Beam-filesystem UTF-8 text file, less a leading byte-order mark; FilelistError if it
-    cannot be read.
+def read_lines(path: str, io: Backend = BEAM_IO) -> list[str]:
+    """The lines of a UTF-8 text file (a local path, or a URI read with ``io``), less a leading byte-order mark;
+    FilelistError if it cannot be read.
 
     Bytes that are not valid UTF-8 are kept as lone surrogates (``errors="surrogateescape"``), so one bad line
     does not stop the others; ``is_utf8`` tells such a string apart.
     """
-    check_filesystem(path, "filelist")
+    io.check(path, "filelist")
     try:
-        with FileSystems.open(path) as f:
-            data = f.read()
-    except Exception as e:  # Beam raises BeamIOError, OSError or filesystem-specific errors.
-        why = "not found" if not FileSystems.exists(path) else first_line(e)
+        data = read_bytes(path, io=io)
+    except Exception as e:  # OSError locally; BeamIOError, OpError or filesystem-specific errors elsewhere
+        why = "not found" if not exists(path, io=io) else first_line(e)
         raise FilelistError(f"{path}: cannot read filelist ({why})") from None
     return data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff").splitlines()
+
+
+def listed_paths(path: str, io: Backend = BEAM_IO) -> Iterator[tuple[str, str, str | None]]:
+    """(source ``filelist:line``, the line's path, why it is unusable or None) for each non-blank line of the
+    filelist ``path``: a line without a path, or one whose path is not valid UTF-8 (see :func:`printable`)."""
+    for number, line in enumerate(read_lines(path, io), start=1):
+        if not line.strip():
+            continue
+        listed = line.split("|", 1)[0].strip()
+        problem = "line has no path" if not listed else None if is_utf8(listed) else "path is not valid UTF-8"
+        yield f"{path}:{number}", listed, problem
 
 
 def is_utf8(text: str) -> bool:
@@ -101,19 +125,15 @@ def read_filelists(filelists: Mapping[str, str], audio_root: str
     seen: dict[str, str] = {}
     for split, filelist in filelists.items():
         num_lines[split] = 0
-        for number, line in enumerate(read_lines(filelist), start=1):
-            if not line.strip():
-                continue
+        for source, listed, problem in listed_paths(filelist):
             num_lines[split] += 1
-            listed = line.split("|", 1)[0].strip()
-            source = f"{filelist}:{number}"
             if not listed:
                 # NOTE: not audio_path's "<root>/.wav": a file of that name is no clip of this line.
-                rejected.append(rejection(split, "", "missing_file", f"{source}: line has no path"))
+                rejected.append(rejection(split, "", "missing_file", f"{source}: {problem}"))
                 continue
-            if not is_utf8(listed):
+            if problem:
                 rejected.append(rejection(split, audio_path(audio_root, printable(listed)), "unreadable",
-                                          f"{source}: path is not valid UTF-8"))
+                                          f"{source}: {problem}"))
                 continue
             path = audio_path(audio_root, listed)
             clip_id = clip_id_of(path)

@@ -10,7 +10,8 @@ Each record is a ``tf.train.Example`` with
 
 The writer encodes the Example's protobuf wire format itself (:func:`to_example`), so that Beam workers never
 import TensorFlow (~6 s and ~500 MB per worker); its bytes are those of
-``tf.train.Example.SerializeToString(deterministic=True)``. The reader (:func:`parse`) is TensorFlow's own, imported
+``tf.train.Example.SerializeToString(deterministic=True)``. The readers, :func:`parse` (a whole record) and
+:func:`parse_and_crop` (the trainer's random segment, decoding only its bytes), are TensorFlow's own, imported
 when first used.
 """
 
@@ -19,6 +20,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from core.config import LOG_FLOOR_VALUE
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -118,22 +121,74 @@ def parse(serialized: tf.Tensor, num_mels: int, audio_encoding: str = "int16") -
     """
     import tensorflow as tf
 
-    if audio_encoding not in AUDIO_ENCODINGS:
-        raise ValueError(f"unknown audio_encoding {audio_encoding!r}; expected one of {AUDIO_ENCODINGS}")
+    sample_dtype = _sample_dtype(audio_encoding)
     parsed = tf.io.parse_single_example(serialized, feature_spec())
-    if audio_encoding == "int16":
-        audio = tf.cast(tf.io.decode_raw(parsed["audio"], tf.int16, little_endian=True), tf.float32) / INT16_SCALE
-    else:
-        audio = tf.io.decode_raw(parsed["audio"], tf.float32, little_endian=True)
-    mel = tf.reshape(tf.io.decode_raw(parsed["mel"], tf.float32, little_endian=True), [-1, num_mels])
-    mel_loss = tf.reshape(tf.io.decode_raw(parsed["mel_loss"], tf.float32, little_endian=True), [-1, num_mels])
     return {
         "id": parsed["id"],
-        "audio": audio,
-        "mel": mel,
-        "mel_loss": mel_loss,
+        "audio": _audio(tf.io.decode_raw(parsed["audio"], sample_dtype, little_endian=True)),
+        "mel": _rows(parsed["mel"], num_mels),
+        "mel_loss": _rows(parsed["mel_loss"], num_mels),
         "num_frames": tf.cast(parsed["num_frames"], tf.int32),
     }
+
+
+def parse_and_crop(serialized: tf.Tensor, key: tf.Tensor, num_mels: int, audio_encoding: str,
+                   frames_per_segment: int, hop_size: int) -> dict[str, tf.Tensor]:
+    """A random segment of one serialised record, on the frame grid (graph-safe, for tf.data.map).
+
+    The start frame s is uniform in [0, T - F] (F = frames_per_segment) from the stateless ``key`` (int32/64
+    [2]); returns mel and mel_loss [F, num_mels] = rows s..s+F and audio [F * hop_size] = samples
+    s * hop .. (s + F) * hop. Only the segment's bytes are decoded, not the whole clip. A clip shorter than F
+    frames is padded at the end: audio with zeros, mels with log(1e-5). NOTE: the original zero-pads the mels
+    of short clips, i.e. pads with a loud log-magnitude of 0 (its issue #50, buzzing); log(1e-5) is what
+    silence looks like.
+    """
+    import tensorflow as tf
+
+    sample_dtype = _sample_dtype(audio_encoding)
+    spec = feature_spec()
+    parsed = tf.io.parse_single_example(serialized, {k: spec[k] for k in ("audio", "mel", "mel_loss", "num_frames")})
+    num_frames = tf.cast(parsed["num_frames"], tf.int32)
+    max_start = tf.maximum(num_frames - frames_per_segment, 0)
+    start = tf.random.stateless_uniform([], seed=key, minval=0, maxval=max_start + 1, dtype=tf.int32)
+    frames = tf.minimum(frames_per_segment, num_frames - start)
+
+    def segment(name: str, frame_bytes: int) -> tf.Tensor:  # frames start .. start + frames of a feature
+        return tf.strings.substr(parsed[name], start * frame_bytes, frames * frame_bytes)
+
+    missing = frames_per_segment - frames
+    cropped = {name: tf.pad(_rows(segment(name, num_mels * 4), num_mels), [[0, missing], [0, 0]],
+                            constant_values=LOG_FLOOR_VALUE) for name in ("mel", "mel_loss")}
+    audio = tf.io.decode_raw(segment("audio", sample_dtype.size * hop_size), sample_dtype, little_endian=True)
+    cropped["audio"] = tf.pad(_audio(audio), [[0, missing * hop_size]])
+    return {
+        "mel": tf.ensure_shape(cropped["mel"], [frames_per_segment, num_mels]),
+        "mel_loss": tf.ensure_shape(cropped["mel_loss"], [frames_per_segment, num_mels]),
+        "audio": tf.ensure_shape(cropped["audio"], [frames_per_segment * hop_size]),
+    }
+
+
+def _sample_dtype(audio_encoding: str) -> tf.DType:
+    """The record's audio samples' dtype; ValueError for an unknown encoding."""
+    import tensorflow as tf
+
+    if audio_encoding not in AUDIO_ENCODINGS:
+        raise ValueError(f"unknown audio_encoding {audio_encoding!r}; expected one of {AUDIO_ENCODINGS}")
+    return tf.int16 if audio_encoding == "int16" else tf.float32
+
+
+def _audio(samples: tf.Tensor) -> tf.Tensor:
+    """Decoded samples (int16 or float32) as float32 in [-1, 1]."""
+    import tensorflow as tf
+
+    return tf.cast(samples, tf.float32) / INT16_SCALE if samples.dtype == tf.int16 else samples
+
+
+def _rows(data: tf.Tensor, num_mels: int) -> tf.Tensor:
+    """float32 LE row-major bytes as [frames, num_mels]."""
+    import tensorflow as tf
+
+    return tf.reshape(tf.io.decode_raw(data, tf.float32, little_endian=True), [-1, num_mels])
 
 
 def parse_numpy(serialized: bytes, num_mels: int, audio_encoding: str = "int16") -> dict[str, np.ndarray]:

@@ -1,28 +1,196 @@
-"""Where the job reads and writes: one-line errors, before the job starts, for a path Beam cannot use here."""
+"""Storage IO for both sides: read a file's bytes, test that a path exists, probe a directory for writing, and say
+what went wrong in one line; on local paths and on URIs (gs://, s3://, hdfs://, ...).
+
+Local paths go through ``os`` and need neither Beam nor TensorFlow (but for the model side's write probe, see
+``_TensorFlowIO.write_probe``). A URI goes through the backend the caller names, imported when a URI first needs
+it:
+  - ``BEAM_IO``: Beam's FileSystems, for the Beam job, whose workers never import TensorFlow (gs:// needs
+    apache-beam's [gcp] extra, s3:// its [aws] one);
+  - ``TF_IO``: tf.io.gfile, for the model side, which never imports Beam (TensorFlow's wheel reads gs:// as it is).
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+import posixpath
+import re
 import uuid
 
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.localfilesystem import LocalFileSystem
 from core.errors import UserError
+
+_URI = re.compile(r"[a-zA-Z][-a-zA-Z0-9+.]*://")  # Beam's FileSystems.URI_SCHEMA_PATTERN
 
 
 class PathError(UserError):
     """A path the job cannot read or write; the message is one line naming it."""
 
 
+class OutputError(PathError):
+    """An output directory of the model side (checkpoints, exports, vocoded audio) that cannot be written; one
+    line naming it."""
+
+
+def is_uri(path: str) -> bool:
+    """Whether ``path`` names a filesystem by its scheme (``gs://b/x``) rather than a local path."""
+    return _URI.match(path.strip()) is not None
+
+
+def first_line(error: BaseException, innermost: bool = True, max_chars: int | None = None,
+               with_type: bool = True) -> str:
+    """``error``'s message on one line: ``Type: first line`` (``no message`` for an empty one), or with
+    ``with_type`` False the first line alone (the type's name for an empty one).
+
+    ``innermost`` reads the innermost cause or context instead (what failed, not the wrapper of a library);
+    ``max_chars`` cuts the line.
+    """
+    while innermost and (error.__cause__ is not None or error.__context__ is not None):
+        error = error.__cause__ or error.__context__
+    lines = str(error).strip().splitlines()
+    text = lines[0][:max_chars] if lines else ""
+    if not with_type:
+        return text or type(error).__name__
+    return f"{type(error).__name__}: {text or 'no message'}"
+
+
+class _BeamIO:
+    """URIs through Beam's FileSystems, with the options the job gave ``FileSystems.set_options``."""
+
+    @staticmethod
+    def _filesystems():
+        from apache_beam.io.filesystems import CompressionTypes, FileSystems
+
+        return FileSystems, CompressionTypes.UNCOMPRESSED
+
+    @staticmethod
+    def check(path: str, what: str) -> None:
+        """PathError (one line) if Beam cannot use ``path``'s filesystem here (:func:`check_filesystem`)."""
+        check_filesystem(path, what)
+
+    def join(self, uri: str, *names: str) -> str:
+        return self._filesystems()[0].join(uri, *names)
+
+    def exists(self, uri: str) -> bool:
+        return self._filesystems()[0].exists(uri)
+
+    def read(self, uri: str) -> bytes:
+        filesystems, raw = self._filesystems()
+        with filesystems.open(uri, compression_type=raw) as f:
+            return f.read()
+
+    def write_probe(self, directory: str, name: str) -> None:
+        """Writes and deletes the empty file ``name`` in ``directory`` (made first if local)."""
+        if not is_uri(directory):  # what Beam's LocalFileSystem does, without importing Beam
+            os.makedirs(directory, exist_ok=True)
+            with open(os.path.join(directory, name), "wb"):
+                pass
+            os.remove(os.path.join(directory, name))
+            return
+        filesystems, raw = self._filesystems()
+        probe = filesystems.join(directory, name)
+        with filesystems.create(probe, compression_type=raw) as f:
+            f.write(b"")
+        filesystems.delete([probe])
+
+    @staticmethod
+    def write_error(directory: str, what: str, error: BaseException) -> PathError:
+        return PathError(f"{directory}: cannot write to this {what}: {first_line(error)}")
+
+
+class _TensorFlowIO:
+    """URIs through tf.io.gfile."""
+
+    @staticmethod
+    def _tf():
+        import tensorflow as tf
+
+        return tf
+
+    @staticmethod
+    def check(path: str, what: str) -> None:
+        """Nothing to check before use: tf.io.gfile's own errors name the path when it is read."""
+
+    def join(self, uri: str, *names: str) -> str:
+        return posixpath.join(uri, *names)
+
+    def exists(self, uri: str) -> bool:
+        return self._tf().io.gfile.exists(uri)
+
+    def read(self, uri: str) -> bytes:
+        tf = self._tf()
+        try:
+            with tf.io.gfile.GFile(uri, "rb") as f:
+                return f.read()
+        except tf.errors.NotFoundError:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), uri) from None
+
+    def write_probe(self, directory: str, name: str) -> None:
+        """Makes ``directory`` and writes and deletes the empty file ``name`` in it.
+
+        NOTE: local paths too go through tf.io.gfile here: the model side writes its outputs (checkpoints,
+        SavedModels) with TensorFlow, so the probe tries that writer, and its messages are TensorFlow's.
+        """
+        gfile = self._tf().io.gfile
+        probe = os.path.join(directory, name)
+        gfile.makedirs(directory)
+        with gfile.GFile(probe, "w") as f:
+            f.write("")
+        gfile.remove(probe)
+
+    def write_error(self, directory: str, what: str, error: BaseException) -> OutputError:
+        tf = self._tf()
+        why = error.message if isinstance(error, tf.errors.OpError) else f"{getattr(error, 'strerror', None) or error}"
+        return OutputError(f"{directory}: cannot write to this {what} ({why})")
+
+
+BEAM_IO = _BeamIO()
+TF_IO = _TensorFlowIO()
+Backend = _BeamIO | _TensorFlowIO
+
+
+def join(directory: str, *names: str, io: Backend) -> str:
+    """``directory/name/...``: os.path.join for a local path, the backend's join for a URI."""
+    return io.join(directory, *names) if is_uri(directory) else os.path.join(directory, *names)
+
+
+def exists(path: str, io: Backend) -> bool:
+    """Whether a file or directory ``path`` exists."""
+    return io.exists(path) if is_uri(path) else os.path.exists(path)
+
+
+def read_bytes(path: str, io: Backend) -> bytes:
+    """The bytes of the file ``path``, as they are (no decompression). Raises OSError locally (FileNotFoundError
+    when it does not exist, with TF_IO too) or the backend's own errors."""
+    if is_uri(path):
+        return io.read(path)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def check_writable(directory: str, what: str = "output directory", io: Backend = BEAM_IO) -> str:
+    """Returns ``directory`` once a file could be written in it (made if missing, where the backend makes
+    directories): writes and deletes one empty probe file. Otherwise a one-line error naming it: a path under
+    a file, no permission, a read-only bucket. ``BEAM_IO`` raises PathError (``...: <Type>: <why>``),
+    ``TF_IO`` OutputError (``... (<why>)``), as the job's and the model's messages always read."""
+    try:
+        io.write_probe(directory, f".write-probe-{uuid.uuid4().hex}")
+    except Exception as e:  # OSError locally; BeamIOError, OpError or the client's own errors elsewhere
+        raise io.write_error(directory, what, e) from None
+    return directory
+
+
 def check_filesystem(path: str, what: str) -> None:
     """PathError (one line) if Beam cannot use ``path``'s filesystem in this Python: no filesystem for its
     scheme, or one whose client library or credentials are missing (gs:// without apache-beam's [gcp] extra,
     s3:// without boto3, hdfs:// without hdfs). Looks the path up once, as the job would, with the options given
-    to ``FileSystems.set_options`` (the job's)."""
+    to ``FileSystems.set_options`` (the job's). A local path has nothing to check.
+    """
+    if not is_uri(path):
+        return
     try:
-        FileSystems.exists(path)
+        BEAM_IO.exists(path)
     except Exception as e:  # ValueError, BeamIOError, ImportError, AssertionError, auth errors: Beam's and its clients'
-        scheme = path.split("://", 1)[0] if "://" in path else "local"
+        scheme = path.split("://", 1)[0]
         why = first_line(e)
         extra = {"gs": "gcp", "s3": "aws", "hdfs": "hadoop", "azfs": "azure"}.get(scheme)
         hint = f" (pip install 'apache-beam[{extra}]')" if extra and "pip install" not in why else ""
@@ -35,27 +203,5 @@ def check_directory(path: str, what: str) -> None:
     NOTE: only local paths: object stores (gs://, s3://) have no directories, and FileSystems.exists() of a prefix
     is False there even when files lie under it.
     """
-    if isinstance(FileSystems.get_filesystem(path), LocalFileSystem) and not os.path.isdir(path):
+    if not is_uri(path) and not os.path.isdir(path):
         raise PathError(f"{path}: {what} is not a directory" if os.path.exists(path) else f"{path}: {what} not found")
-
-
-def first_line(error: BaseException) -> str:
-    """The innermost cause's message, on one line."""
-    while error.__cause__ is not None or error.__context__ is not None:
-        error = error.__cause__ or error.__context__
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
-
-
-def check_writable(directory: str, what: str = "output directory") -> None:
-    """PathError (one line) unless a file can be written in ``directory`` (made if local and missing): a path
-    under a file, no permission, a read-only bucket. Writes and deletes one empty probe file."""
-    probe = FileSystems.join(directory, f".write-probe-{uuid.uuid4().hex}")
-    try:
-        if isinstance(FileSystems.get_filesystem(directory), LocalFileSystem):
-            os.makedirs(directory, exist_ok=True)
-        with FileSystems.create(probe) as f:
-            f.write(b"")
-        FileSystems.delete([probe])
-    except Exception as e:  # OSError locally; BeamIOError or the client's own errors elsewhere
-        raise PathError(f"{directory}: cannot write to this {what}: {first_line(e)}") from None

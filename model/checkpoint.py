@@ -19,11 +19,12 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from core.config import ConfigError, HiFiGANConfig, config_from_dict
+from core.config import CONFIG_NAME, ConfigError, HiFiGANConfig, config_from_dict
 from core.errors import UserError
+from core.storage import first_line
+from model.compat import silence_failed_restore
 
 CHECKPOINT_NAME = "ckpt"
-CONFIG_NAME = "config.json"
 FINGERPRINT_NAME = "audio_fingerprint.json"
 INDEX_NAME = "checkpoint"  # the CheckpointManager's index file (a text CheckpointState)
 
@@ -150,29 +151,13 @@ def restore(checkpoint: tf.train.Checkpoint, prefix: str, cfg: HiFiGANConfig, di
         status.assert_existing_objects_matched()
         return
     except (ValueError, AssertionError, IndexError, tf.errors.OpError) as e:
-        _quiet_failed_restore(e)
+        silence_failed_restore(e)
         other_model = isinstance(e, ValueError) and "incompatible" in str(e)
-        reason = f"{type(e).__name__}: {_first_line(e)}"
+        reason = first_line(e, innermost=False, max_chars=200)
     if other_model:
         raise CheckpointError(f"{checkpoint_dir}: checkpoint {name} is of another model ({reason}); use the config "
                               f"it was trained with")
     raise CheckpointError(f"{checkpoint_dir}: checkpoint {name} is incomplete or corrupt ({reason})")
-
-
-def _quiet_failed_restore(error: BaseException) -> None:
-    """Marks the restore that raised ``error`` partial. NOTE: its coordinator stays referenced by the models and,
-    when they go (at exit), logs a warning per checkpoint value it did not restore: hundreds of lines."""
-    frame = error.__traceback__
-    while frame is not None:
-        for value in frame.tb_frame.f_locals.values():
-            if type(value).__name__ == "_CheckpointRestoreCoordinator":
-                value.expect_partial = True
-        frame = frame.tb_next
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:200] if lines else "no message"
 
 
 def restore_generator(checkpoint_dir: str, cfg: HiFiGANConfig | None = None, fold_weight_norm: bool = True):
@@ -208,7 +193,7 @@ def _top_level_objects(checkpoint_prefix: str) -> set[str]:
     except (tf.errors.OpError, ValueError, IndexError, DecodeError) as e:
         raise CheckpointError(f"{os.path.dirname(checkpoint_prefix) or '.'}: checkpoint "
                               f"{os.path.basename(checkpoint_prefix)} is incomplete or corrupt "
-                              f"({type(e).__name__}: {_first_line(e)})") from None
+                              f"({first_line(e, innermost=False, max_chars=200)})") from None
     return {child.local_name for child in graph.nodes[0].children} if graph.nodes else set()
 
 

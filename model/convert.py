@@ -16,10 +16,10 @@ import tempfile
 import tensorflow as tf
 
 from model.checkpoint import CHECKPOINT_NAME, write_json_beside
-from model.outputs import writable_dir
 from model.torch_checkpoint import TorchCheckpointError, load_torch_file, state_dict
 from core.config import HiFiGANConfig
 from core.errors import UserError
+from core.storage import TF_IO, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def convert(cfg: HiFiGANConfig, generator_path: str, output_dir: str, discrimina
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
         raise ConversionError(f"{output_dir}: exists and is not an empty directory")
-    parent = writable_dir(os.path.dirname(output_dir), "output directory's parent")
+    parent = check_writable(os.path.dirname(output_dir), "output directory's parent", io=TF_IO)
     objects = build_models(cfg, generator_path, discriminator_path)
     step, epoch = objects.pop("step"), objects.pop("epoch")
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.", dir=parent)

@@ -15,10 +15,11 @@ from typing import Iterable, Iterator
 
 import tensorflow as tf
 
-from core.config import LOG_FLOOR_VALUE, HiFiGANConfig
-from core.manifest import MANIFEST_NAME, Manifest
-from core.records import INT16_SCALE, feature_spec, parse
+from core.config import HiFiGANConfig
 from core.errors import UserError
+from core.manifest import MANIFEST_NAME, Manifest
+from core.records import parse, parse_and_crop
+from core.storage import TF_IO, first_line, read_bytes
 
 # Shards read at once, and the bounded shuffle buffer (in clips) behind them.
 CYCLE_LENGTH = 4
@@ -30,12 +31,11 @@ class DataError(UserError):
 
 
 def load_manifest(data_dir: str) -> Manifest:
-    """Reads ``<data_dir>/manifest.json`` from any tf.io.gfile filesystem (local, gs://, ...)."""
+    """Reads ``<data_dir>/manifest.json``: a local path or any tf.io.gfile filesystem (gs://, ...)."""
     path = os.path.join(data_dir, MANIFEST_NAME)
     try:
-        with tf.io.gfile.GFile(path, "r") as f:
-            return Manifest.from_json(f.read())
-    except tf.errors.NotFoundError:
+        return Manifest.from_json(read_bytes(path, io=TF_IO).decode("utf-8"))
+    except FileNotFoundError:
         raise DataError(f"{path}: not found (is --data_dir the output of run_preprocess.py?)") from None
     except (ValueError, KeyError, TypeError) as e:
         raise DataError(f"{path}: not a valid manifest ({e})") from None
@@ -83,9 +83,9 @@ def checked_read(dataset: Iterable, data_dir: str, manifest: Manifest) -> Iterat
 def _op_error_reason(error: tf.errors.OpError) -> str:
     """The first line of an iterator's OpError without TF's wrapping. NOTE: it reads "{{function_node ...}}
     truncated record at 12 ... [Op:IteratorGetNext] name: " and names the file only when it cannot open it."""
-    lines = str(error).strip().splitlines()
-    reason = re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:[^\]]*\].*$", "", lines[0]) if lines else ""
-    return f"{type(error).__name__}: {reason or 'no message'}"
+    kind, _, line = first_line(error, innermost=False).partition(": ")
+    reason = re.sub(r"^\{\{[^}]*\}\}\s*|\s*\[Op:[^\]]*\].*$", "", line)
+    return f"{kind}: {reason or 'no message'}"
 
 
 def steps_per_epoch(manifest: Manifest, batch_size: int, data_dir: str | None = None) -> int:
@@ -97,47 +97,6 @@ def steps_per_epoch(manifest: Manifest, batch_size: int, data_dir: str | None = 
         raise DataError(f"{where}the train split has {manifest.splits['train'].num_examples} clips, fewer than one "
                         f"batch of {batch_size}")
     return steps
-
-
-def parse_and_crop(serialized: tf.Tensor, key: tf.Tensor, num_mels: int, audio_encoding: str,
-                   frames_per_segment: int, hop_size: int) -> dict:
-    """Random segment of one serialised record (core/records.py), on the frame grid.
-
-    The start frame s is uniform in [0, T - F] (F = frames_per_segment) from the stateless ``key`` (int32/64
-    [2]); returns mel and mel_loss [F, num_mels] = rows s..s+F and audio [F * hop_size] = samples
-    s * hop .. (s + F) * hop. Only the segment's bytes are decoded, not the whole clip. A clip shorter than F
-    frames is padded at the end: audio with zeros, mels with log(1e-5). NOTE: the original zero-pads the mels
-    of short clips, i.e. pads with a loud log-magnitude of 0 (its issue #50, buzzing); log(1e-5) is what
-    silence looks like.
-    """
-    spec = feature_spec()
-    parsed = tf.io.parse_single_example(serialized, {k: spec[k] for k in ("audio", "mel", "mel_loss", "num_frames")})
-    num_frames = tf.cast(parsed["num_frames"], tf.int32)
-    max_start = tf.maximum(num_frames - frames_per_segment, 0)
-    start = tf.random.stateless_uniform([], seed=key, minval=0, maxval=max_start + 1, dtype=tf.int32)
-    frames = tf.minimum(frames_per_segment, num_frames - start)
-    row_bytes = num_mels * 4  # float32 mel rows
-    sample_dtype = tf.int16 if audio_encoding == "int16" else tf.float32
-    sample_bytes = sample_dtype.size * hop_size
-
-    def rows(name, dtype, width):
-        part = tf.strings.substr(parsed[name], start * width, frames * width)
-        return tf.io.decode_raw(part, dtype, little_endian=True)
-
-    mel = tf.reshape(rows("mel", tf.float32, row_bytes), [-1, num_mels])
-    mel_loss = tf.reshape(rows("mel_loss", tf.float32, row_bytes), [-1, num_mels])
-    audio = rows("audio", sample_dtype, sample_bytes)
-    if audio_encoding == "int16":
-        audio = tf.cast(audio, tf.float32) / INT16_SCALE
-    missing = frames_per_segment - frames
-    mel = tf.pad(mel, [[0, missing], [0, 0]], constant_values=LOG_FLOOR_VALUE)
-    mel_loss = tf.pad(mel_loss, [[0, missing], [0, 0]], constant_values=LOG_FLOOR_VALUE)
-    audio = tf.pad(audio, [[0, missing * hop_size]])
-    return {
-        "mel": tf.ensure_shape(mel, [frames_per_segment, num_mels]),
-        "mel_loss": tf.ensure_shape(mel_loss, [frames_per_segment, num_mels]),
-        "audio": tf.ensure_shape(audio, [frames_per_segment * hop_size]),
-    }
 
 
 def train_dataset(data_dir: str, manifest: Manifest, cfg: HiFiGANConfig, seed: int, epoch: int,

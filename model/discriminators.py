@@ -12,8 +12,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from model.layers import (LRELU_SLOPE, PACKAGE, PaddedConv1D, PaddedConv2D, SpectralNorm, WeightNorm, get_padding,
-                          track_layer_list)
+from model.convs import PACKAGE, PaddedConv1D, PaddedConv2D, get_padding
+from model.layers import LRELU_SLOPE, SpectralNorm, WeightNorm, track_layer_list
 
 
 def _flatten(x):

@@ -13,9 +13,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from model.outputs import writable_dir
 from core.config import HiFiGANConfig
 from core.errors import UserError
+from core.storage import TF_IO, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def export(generator, cfg: HiFiGANConfig, fmt: str, output: str,
     if fmt == "tflite" and not one_file and output.lower().endswith(".tflite"):
         raise ExportError(f"{output}: a .tflite name for {len(quantizations)} flavours; give --tflite_quantization "
                           f"(one of {', '.join(quantizations)}) or a directory")
-    writable_dir(os.path.dirname(os.path.abspath(output)) if one_file else output, "export directory")
+    check_writable(os.path.dirname(os.path.abspath(output)) if one_file else output, "export directory", io=TF_IO)
     _prepare(generator)
     results = {}
     if fmt == "saved_model":

@@ -7,8 +7,9 @@ import dataclasses
 import keras
 from keras import ops
 
-from model.layers import (LRELU_SLOPE, PACKAGE, CroppedConv1DTranspose, PaddedConv1D, ResBlock1, ResBlock2,
-                          WeightNorm, fold_weight_norms, track_layer_list)
+from model.compat import sublayers
+from model.convs import PACKAGE, CroppedConv1DTranspose, PaddedConv1D
+from model.layers import LRELU_SLOPE, ResBlock1, ResBlock2, WeightNorm, fold_weight_norms, track_layer_list
 from core.config import GeneratorConfig
 
 
@@ -36,7 +37,7 @@ class Generator(keras.Model):
         # NOTE: the original applies init_weights (N(0, 0.01)) to ups, resblocks and conv_post AFTER wrapping
         # them in weight_norm, where it only rewrites the derived `weight` tensor that the next forward
         # recomputes from g and v: it has no effect, and every layer starts from torch's default init (checked
-        # with torch 2.13). We reproduce that effective init (see layers.torch_kernel_initializer).
+        # with torch 2.13). We reproduce that effective init (see convs.torch_kernel_initializer).
         self.conv_pre = WeightNorm(PaddedConv1D(channels, 7, pad=3), folded=folded)
         resblock = ResBlock1 if cfg.resblock == "1" else ResBlock2
         self.ups, self.resblocks = [], []
@@ -72,7 +73,7 @@ class Generator(keras.Model):
 
     @property
     def weight_norm(self) -> bool:
-        return not all(layer.folded for layer in self._flatten_layers() if isinstance(layer, WeightNorm))
+        return not all(layer.folded for layer in sublayers(self) if isinstance(layer, WeightNorm))
 
     def remove_weight_norm(self) -> None:
         """Fold every weight norm into a plain kernel for inference (torch's ``remove_weight_norm``)."""

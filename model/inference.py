@@ -17,22 +17,20 @@ import os
 from typing import Sequence
 
 import numpy as np
-import soundfile as sf
 import tensorflow as tf
 from tqdm import tqdm
 
-from model.outputs import writable_dir
-from core.audio import AUDIO_EXTENSIONS, AudioError, load_audio
+from core.audio import AUDIO_EXTENSIONS, AudioError, load_audio, write_wav
 from core.config import LOG_FLOOR_VALUE, GeneratorConfig, HiFiGANConfig
-from core.mel import MelExtractor
 from core.errors import UserError
+from core.filelist import FilelistError, input_name, listed_paths
+from core.mel import MelExtractor
+from core.melfile import MelFileError, load_mel_file, mel_warning
+from core.storage import TF_IO, check_writable, first_line, read_bytes
 
 log = logging.getLogger(__name__)
 
 OUTPUT_SUFFIX = "_generated.wav"
-# Natural-log HiFi-GAN mels of speech: max below ~2.5, min at or above log(1e-5), mean around -5 .. -7.
-MEL_MAX_PLAUSIBLE = 2.5
-MEL_MEAN_PLAUSIBLE = (-10.0, -3.0)
 
 
 class InputError(UserError):
@@ -173,72 +171,10 @@ class Vocoder:
         return outputs
 
 
-def to_int16(audio: np.ndarray) -> np.ndarray:
-    """float audio in [-1, 1] -> int16 as the original writes it (x 32768, truncated toward zero).
-
-    NOTE: the original casts audio * 32768 to int16 directly, so a sample of exactly +1.0 (tanh saturates in
-    float32) wraps around to -32768; we clip to [-32768, 32767] first.
-    """
-    return np.clip(np.asarray(audio, np.float32) * 32768.0, -32768.0, 32767.0).astype(np.int16)
-
-
-def write_wav(path: str, audio: np.ndarray, sampling_rate: int) -> None:
-    """Writes float audio [samples] as 16-bit PCM WAV."""
-    sf.write(path, to_int16(audio), sampling_rate, subtype="PCM_16")
-
-
-def mel_warning(mel: np.ndarray) -> str | None:
-    """Why ``mel`` [frames, num_mels] does not look like a natural-log HiFi-GAN mel, or None if it does."""
-    low, high, mean = float(mel.min()), float(mel.max()), float(mel.mean())
-    if high > MEL_MAX_PLAUSIBLE:
-        return f"max {high:.2f} > {MEL_MAX_PLAUSIBLE} (a normalised or dB mel?)"
-    if low < LOG_FLOOR_VALUE - 1e-3:
-        return f"min {low:.2f} below log(1e-5) = {LOG_FLOOR_VALUE:.2f} (another floor or log base?)"
-    if not MEL_MEAN_PLAUSIBLE[0] <= mean <= MEL_MEAN_PLAUSIBLE[1]:
-        return f"mean {mean:.2f} far from the typical -5 .. -7 (a normalised or log10 mel?)"
-    if low > LOG_FLOOR_VALUE + 4 and high - low < 7:
-        return f"values in [{low:.2f}, {high:.2f}]: min well above log(1e-5) with a small range (log10?)"
-    return None
-
-
-def load_mel_file(path: str, num_mels: int) -> np.ndarray:
-    """A .npy mel as float32 [frames, num_mels]; accepts (num_mels, T) (the original's), (1, num_mels, T),
-    (T, num_mels) and (1, T, num_mels), told apart by num_mels. Raises InputError."""
-    try:
-        mel = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "pickled" in why:  # numpy's guess for any file without the .npy header
-            why = "no .npy header; pickled data is not loaded"
-        elif "Object arrays" in why:
-            why = "an object array; Python objects are not loaded"
-        raise InputError(f"unreadable .npy ({why})") from None
-    if not isinstance(mel, np.ndarray):  # an .npz archive under a .npy name
-        mel.close()
-        raise InputError("an .npz archive, not a .npy array")
-    if mel.ndim == 3 and mel.shape[0] == 1:
-        mel = mel[0]
-    if mel.ndim != 2:
-        raise InputError(f"shape {list(mel.shape)} is not a mel (expected (num_mels, T) or (T, num_mels))")
-    if not np.issubdtype(mel.dtype, np.floating):
-        raise InputError(f"dtype {mel.dtype} is not floating point")
-    if mel.shape[0] == num_mels:
-        # NOTE: a square mel (T == num_mels) is taken in the original's (num_mels, T) layout.
-        mel = mel.T
-    elif mel.shape[1] != num_mels:
-        raise InputError(f"shape {list(mel.shape)} has no axis of num_mels = {num_mels}")
-    if mel.shape[0] == 0:
-        raise InputError("empty mel (0 frames)")
-    if not np.all(np.isfinite(mel)):
-        raise InputError("mel holds NaN or infinite values")
-    return np.ascontiguousarray(mel, np.float32)
-
-
 def mel_from_audio_file(path: str, extractor: MelExtractor) -> np.ndarray:
     """Copy synthesis input: decode, resample, peak-normalise like training, then the training mel."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_bytes(path, io=TF_IO)
     except OSError as e:
         raise InputError(f"unreadable ({e.strerror or e})") from None
     try:
@@ -249,6 +185,21 @@ def mel_from_audio_file(path: str, extractor: MelExtractor) -> np.ndarray:
         raise InputError(f"{e.reason}: {e}") from None
     except ValueError as e:  # too short for the STFT's reflect padding
         raise InputError(f"too short: {e}") from None
+    return mel
+
+
+def mel_from_npy_file(path: str, num_mels: int) -> np.ndarray:
+    """A .npy mel input as float32 [frames, num_mels] (core/melfile.py's layouts), with a logged warning when it
+    does not look like a natural-log HiFi-GAN mel. Raises InputError."""
+    try:
+        mel = load_mel_file(read_bytes(path, io=TF_IO), num_mels)
+    except OSError as e:
+        raise InputError(f"unreadable .npy ({first_line(e, innermost=False, with_type=False)})") from None
+    except MelFileError as e:
+        raise InputError(str(e)) from None
+    warning = mel_warning(mel)
+    if warning:
+        log.warning("%s: does not look like a natural-log HiFi-GAN mel: %s", path, warning)
     return mel
 
 
@@ -275,37 +226,14 @@ def _list_inputs(directory: str, extensions: tuple[str, ...], filelist: str | No
         if not names:
             raise InputError(f"{directory}: no {'/'.join(extensions)} files")
         return [os.path.join(directory, n) for n in names], []
-    try:  # a local file, as the input directory is (no Beam import, and its log lines, for it)
-        with open(filelist, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        why = "not found" if isinstance(e, FileNotFoundError) else e.strerror or str(e)
-        raise InputError(f"{filelist}: cannot read filelist ({why})") from None
-    # As in preprocessing: UTF-8 less a byte-order mark; only the path is used, so a transcript's bad bytes are kept
-    # as lone surrogates and do no harm.
-    text = data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
-    lines = [(number, line.split("|", 1)[0].strip()) for number, line in enumerate(text.splitlines(), start=1)
-             if line.strip()]
+    try:  # a local file, as the input directory is, or a URI through tf.io.gfile; never Beam
+        lines = list(listed_paths(filelist, io=TF_IO))
+    except FilelistError as e:
+        raise InputError(str(e)) from None
     if not lines:
         raise InputError(f"{filelist}: empty filelist")
-    paths, failed = [], []
-    for number, listed in lines:
-        if not listed:
-            failed.append((f"{filelist}:{number}", "line has no path"))
-            continue
-        try:
-            listed.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate: bytes that were not UTF-8
-            failed.append((f"{filelist}:{number}", "path is not valid UTF-8"))
-            continue
-        name = os.path.basename(listed)
-        stem, ext = os.path.splitext(name)
-        if ext.lower() in extensions:
-            paths.append(os.path.join(directory, name))
-        elif ext.lower() in AUDIO_EXTENSIONS + (".npy",):  # "wavs/LJ001-0001.wav" names LJ001-0001.npy's mel
-            paths.append(os.path.join(directory, stem + extensions[0]))
-        else:  # a stem, dotted or not ("LJ001-0001", "spk.v2_01"), as in preprocessing
-            paths.append(os.path.join(directory, name + extensions[0]))
+    paths = [os.path.join(directory, input_name(listed, extensions)) for _, listed, problem in lines if not problem]
+    failed = [(source, problem) for source, _, problem in lines if problem]
     return paths, failed
 
 
@@ -325,7 +253,7 @@ def vocode_files(vocoder: Vocoder, cfg: HiFiGANConfig, output_dir: str, input_wa
         _list_inputs(input_mels_dir, (".npy",), filelist)
     for source, why in failed:
         log.error("%s: %s", source, why)
-    writable_dir(output_dir, "output directory")
+    check_writable(output_dir, "output directory", io=TF_IO)
     extractor = MelExtractor(cfg.audio) if input_wavs_dir else None
     mels, outputs = {}, {}
     for path in tqdm(paths, desc="reading", unit="file", disable=len(paths) < 20):
@@ -338,13 +266,8 @@ def vocode_files(vocoder: Vocoder, cfg: HiFiGANConfig, output_dir: str, input_wa
                 raise InputError("is a directory")
             if not os.path.isfile(path):
                 raise InputError("not found")
-            if extractor is not None:
-                mels[path] = mel_from_audio_file(path, extractor)
-            else:
-                mels[path] = load_mel_file(path, cfg.audio.num_mels)
-                warning = mel_warning(mels[path])
-                if warning:
-                    log.warning("%s: does not look like a natural-log HiFi-GAN mel: %s", path, warning)
+            mels[path] = mel_from_audio_file(path, extractor) if extractor is not None else \
+                mel_from_npy_file(path, cfg.audio.num_mels)
         except InputError as e:
             log.error("%s: %s", path, e)
             failed.append((path, str(e)))

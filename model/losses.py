@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from model.layers import PACKAGE
+from model.convs import PACKAGE
 from core.config import LOG_FLOOR, AudioConfig
 from core.mel import mel_basis, stft_window
 

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from core.config import HiFiGANConfig
+from model.compat import adam_slots
 
 
 class TorchAdamW(keras.optimizers.AdamW):
@@ -24,8 +25,7 @@ class TorchAdamW(keras.optimizers.AdamW):
         step = ops.cast(self.iterations + 1, variable.dtype)
         bias_1 = 1 - ops.power(ops.cast(self.beta_1, variable.dtype), step)
         bias_2 = 1 - ops.power(ops.cast(self.beta_2, variable.dtype), step)
-        m = self._momentums[self._get_variable_index(variable)]
-        v = self._velocities[self._get_variable_index(variable)]
+        m, v = adam_slots(self, variable)
         self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
         self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
         # torch's lr / bias_1 * m / (sqrt(v) / sqrt(bias_2) + eps), times sqrt(bias_2) above and below: as many

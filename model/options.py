@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+
+from core.cli import option
 from core.errors import UserError
 
 PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
@@ -14,24 +16,31 @@ class TrainingError(UserError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainOptions:
-    """The trainer's run options (the flags of run_train.py, in the original's names)."""
+    """The trainer's run options: each field with help text is a flag of run_train.py (``--<field>``, in the
+    original's names), with the field's default."""
 
-    data_dir: str
-    checkpoint_path: str = "checkpoints"
-    training_epochs: int = 3100
-    training_steps: int | None = None
-    stdout_interval: int = 5
-    checkpoint_interval: int = 5000
-    summary_interval: int = 100
-    validation_interval: int = 1000
-    fine_tuning: bool = False
-    init_from: str | None = None
-    keep_schedule: bool = False
-    seed: int | None = None
-    max_to_keep: int = 5
-    jit_compile: bool = False
-    mixed_precision: str = "none"
-    validation_clips: int | None = None  # None: the whole val split
+    data_dir: str = option(help="directory (any tf.io.gfile path) of shards and manifest.json")
+    checkpoint_path: str = option("checkpoints", help="where checkpoints, config.json and TensorBoard logs (logs/) "
+                                                      "go; resumes from it")
+    training_epochs: int = option(3100, help="stop after this many epochs")
+    training_steps: int | None = option(None, help="stop at this global step")
+    stdout_interval: int = option(5, help="steps between progress lines")
+    checkpoint_interval: int = option(5000, help="steps between checkpoints")
+    summary_interval: int = option(100, help="steps between TensorBoard scalars")
+    validation_interval: int = option(1000, help="steps between validations (0: never)")
+    fine_tuning: bool = option(False, help="train on teacher-forced mels (refused unless the shards' manifest says "
+                                           "teacher_forced)")
+    init_from: str | None = option(None, help="checkpoint directory to start from (weights only, unless "
+                                              "--keep_schedule)")
+    keep_schedule: bool = option(False, help="with --init_from: also keep its step, epoch (learning rate) and "
+                                             "optimiser states")
+    seed: int | None = option(None, help="data order and crop seed (default: the config's)")
+    max_to_keep: int = option(5, help="checkpoints kept")
+    jit_compile: bool = option(False, help="compile the train step with XLA")
+    mixed_precision: str = option("none", choices=PRECISIONS,
+                                  help="Keras dtype policy (STFT, mel loss and logits stay float32)")
+    validation_clips: int | None = option(None, help="val clips per validation (default: all)")  # None: whole split
+    # No flag (no help text): set in code, e.g. by the tests.
     logged_clips: int = 3
     progress_bar: bool = True
 

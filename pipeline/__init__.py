@@ -1,1 +1,2 @@
-"""Preprocessing: config, audio decoding, mel features, the record schema and the Beam job."""
+"""The Beam preprocessing job: clip preparation, TFRecord IO, the transforms and the runner (see core/ for the
+Beam-free parts both sides share)."""

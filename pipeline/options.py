@@ -5,35 +5,46 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
+from core.cli import option
+from core.errors import UserError
 from core.manifest import SPLITS
 from core.records import AUDIO_ENCODINGS
 
 
+class OptionsError(UserError, ValueError):
+    """Options the job refuses; one-line message. A ValueError too, as it was before UserError."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PreprocessOptions:
-    """What the job reads and writes (the job's flags other than Beam's own).
+    """What the job reads and writes (the job's flags other than Beam's own): each field with help text is a flag
+    of run_preprocess.py (``--<field>``), with the field's default.
 
     ``filelists`` maps a split name ("train", "val") to its filelist. ``base_mels_path`` switches to fine-tune
     mode: teacher-forced Tacotron mels ``<base_mels_path>/<id>.npy`` replace the model-input mel.
     """
 
-    filelists: Mapping[str, str]
-    audio_root: str
-    output_dir: str
-    base_mels_path: str | None = None
-    num_shards: int | None = None
-    frame_tolerance: int = 2
-    max_seconds: float = 60.0
-    audio_encoding: str = "int16"
+    filelists: Mapping[str, str]  # no flag: run_preprocess.py's --train_filelist and --val_filelist
+    audio_root: str = option(help="directory the filelist paths are relative to")
+    output_dir: str = option(help="where shards, manifest.json and rejected.jsonl go (local path or any Beam "
+                                  "filesystem URI, e.g. gs://bucket/dir)")
+    base_mels_path: str | None = option(None, help="fine-tune mode: directory of teacher-forced Tacotron mels "
+                                                   "<id>.npy (the original's --input_mels_dir); audio is not "
+                                                   "peak-normalised")
+    num_shards: int | None = option(None, help="shards per split (default: ~150 MB each)")
+    frame_tolerance: int = option(2, help="fine-tune mode: largest frame-count difference between a teacher mel and "
+                                          "its audio that is trimmed away, not rejected")
+    max_seconds: float = option(60.0, help="reject clips longer than this")
+    audio_encoding: str = option("int16", help="how records store audio: int16 (PCM) or float32")
 
     def __post_init__(self):
         if self.audio_encoding not in AUDIO_ENCODINGS:
-            raise ValueError(f"audio_encoding must be one of {AUDIO_ENCODINGS}, got {self.audio_encoding!r}")
+            raise OptionsError(f"audio_encoding must be one of {AUDIO_ENCODINGS}, got {self.audio_encoding!r}")
         if self.num_shards is not None and self.num_shards < 1:
-            raise ValueError(f"num_shards must be >= 1, got {self.num_shards}")
+            raise OptionsError(f"num_shards must be >= 1, got {self.num_shards}")
         if self.frame_tolerance < 0 or not self.max_seconds > 0:
-            raise ValueError(f"--frame_tolerance must be >= 0 and --max_seconds > 0, got {self.frame_tolerance} and "
-                             f"{self.max_seconds}")
+            raise OptionsError(f"--frame_tolerance must be >= 0 and --max_seconds > 0, got {self.frame_tolerance} "
+                               f"and {self.max_seconds}")
         unknown = sorted(set(self.filelists) - set(SPLITS))
         if unknown:
-            raise ValueError(f"unknown split {unknown[0]!r}; splits are {SPLITS}")
+            raise OptionsError(f"unknown split {unknown[0]!r}; splits are {SPLITS}")

@@ -1,13 +1,21 @@
 """Subprocess body of tests/test_distribute.py: trains one step under a tf.distribute strategy and saves the
-generator's weights. Usage: python -m tests.distribute_worker MODE DATA_DIR CHECKPOINT_DIR OUT.npz
-MODE: "mirrored" (two logical CPUs; also one single-device step from the same start, saved as OUT.single.npz)
-or "worker" (MultiWorkerMirroredStrategy from TF_CONFIG)."""
+generator's weights (OUT.npz) and the step's losses (OUT.json).
+Usage: python -m tests.distribute_worker MODE DATA_DIR CHECKPOINT_DIR OUT.npz
+MODE: "mirrored" (two logical CPUs; also one single-device step from the same start, saved as OUT.single.npz and
+OUT.single.json, and that start as OUT.start.npz) or "worker" (MultiWorkerMirroredStrategy from TF_CONFIG)."""
 
+import json
 import shutil
 import sys
 
 import numpy as np
 import tensorflow as tf
+
+
+def save(trainer, out):
+    np.savez(out, *[v.numpy() for v in trainer.generator.weights])
+    with open(out + ".json", "w", encoding="utf-8") as f:
+        json.dump(trainer.history, f)
 
 
 def main(mode, data_dir, checkpoint_dir, out):
@@ -16,7 +24,7 @@ def main(mode, data_dir, checkpoint_dir, out):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     else:
-        from model.train import default_strategy
+        from model.trainer import default_strategy
 
         strategy = default_strategy()
     from model.train import train
@@ -24,12 +32,13 @@ def main(mode, data_dir, checkpoint_dir, out):
 
     if mode == "mirrored":
         single = train(CFG, options(data_dir, checkpoint_dir + "_single", 0))  # step-0 checkpoint
+        np.savez(out + ".start.npz", *[v.numpy() for v in single.generator.weights])
         shutil.copytree(checkpoint_dir + "_single", checkpoint_dir)
         train(CFG, options(data_dir, checkpoint_dir + "_single", 1), trainer=single)
-        np.savez(out + ".single.npz", *[v.numpy() for v in single.generator.weights])
+        save(single, out + ".single.npz")
     trainer = train(CFG, options(data_dir, checkpoint_dir, 1), strategy=strategy)
     assert trainer.strategy.num_replicas_in_sync == 2, trainer.strategy.num_replicas_in_sync
-    np.savez(out, *[v.numpy() for v in trainer.generator.weights])
+    save(trainer, out)
     if mode == "worker":
         # A last collective, so that no worker exits (and drops the coordination service) while another one
         # still needs it.

@@ -13,7 +13,7 @@ import run_convert
 from model.checkpoint import CONFIG_NAME, FINGERPRINT_NAME, has_discriminators, latest_checkpoint, restore_generator
 from model.convert import ConversionError, convert
 from model.discriminators import MultiPeriodDiscriminator, MultiScaleDiscriminator
-from model.inference import to_int16
+from core.audio import to_int16
 from core.config import load_config
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")

@@ -13,10 +13,11 @@ import run_inference
 from conftest import chirp_with_noise, write_audio
 from model.checkpoint import restore_generator
 from model.convert import convert
-from model.inference import Vocoder, mel_warning, receptive_field_frames, to_int16
-from core.audio import load_audio
+from model.inference import Vocoder, receptive_field_frames
+from core.audio import load_audio, to_int16
 from core.config import load_config
 from core.mel import MelExtractor
+from core.melfile import mel_warning
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 # Same float32 computation in a different batch / length: oneDNN may round differently, ~1e-7 of full scale.

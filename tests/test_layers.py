@@ -9,7 +9,8 @@ import tensorflow as tf
 from model.discriminators import (DiscriminatorP, MultiPeriodDiscriminator, MultiScaleDiscriminator,
                                   ZeroPaddedAvgPool1D)
 from model.generator import Generator
-from model.layers import CroppedConv1DTranspose, PaddedConv1D, PaddedConv2D, SpectralNorm, WeightNorm, time_conv
+from model.convs import CroppedConv1DTranspose, PaddedConv1D, PaddedConv2D, time_conv
+from model.layers import SpectralNorm, WeightNorm
 from core.config import GeneratorConfig
 
 

@@ -10,12 +10,14 @@ import pytest
 import tensorflow as tf
 
 from conftest import DEMO_TRAIN, DEMO_VAL, DEMO_WAVS, REPO_ROOT, chirp_with_noise, read_filelist_ids, write_audio
-from pipeline import preprocess
 from core.filelist import audio_path, read_filelists
 from core.manifest import MANIFEST_NAME, REJECTED_NAME
 from core.mel import MelExtractor, mel_spectrogram
 from core.storage import PathError
-from pipeline.preprocess import PreprocessOptions, local_defaults, num_shards_for, shard_of
+from pipeline.options import PreprocessOptions
+from pipeline.runner import local_defaults, run
+from pipeline.tfrecord_io import SPILL_DIR
+from pipeline.transforms import num_shards_for, shard_of
 from core.records import parse, to_example
 from core.melfile import TeacherMelError, teacher_mel_layout
 
@@ -30,8 +32,8 @@ EXACT_MEL_TOL = 1e-5  # float32 audio: the stored mel is the mel of the stored a
 
 
 def run_job(v1_config, out, filelists, audio_root=DEMO_WAVS, beam_args=DIRECT, **options):
-    return preprocess.run(v1_config, PreprocessOptions(filelists=filelists, audio_root=audio_root,
-                                                       output_dir=str(out), **options), list(beam_args))
+    return run(v1_config, PreprocessOptions(filelists=filelists, audio_root=audio_root,
+                                            output_dir=str(out), **options), list(beam_args))
 
 
 def read_records(out, manifest, split):
@@ -166,8 +168,9 @@ def test_the_job_does_not_import_tensorflow(tmp_path):
     """Beam workers start without TensorFlow: the whole job runs in a process that never imports it."""
     ids = read_filelist_ids(DEMO_TRAIN)
     train, val = write_filelist(tmp_path / "train.txt", ids[:2]), write_filelist(tmp_path / "val.txt", ids[2:3])
-    code = ("import sys; from core.config import load_config; from pipeline import preprocess; "
-            f"m = preprocess.run(load_config('configs/v1.json'), preprocess.PreprocessOptions("
+    code = ("import sys; from core.config import load_config; from pipeline.options import PreprocessOptions; "
+            "from pipeline.runner import run; "
+            f"m = run(load_config('configs/v1.json'), PreprocessOptions("
             f"filelists={{'train': {train!r}, 'val': {val!r}}}, audio_root={DEMO_WAVS!r}, "
             f"output_dir={str(tmp_path / 'out')!r}), ['--runner', 'DirectRunner']); "
             "print(m.splits['train'].num_examples, m.splits['val'].num_examples, 'tensorflow' in sys.modules)")
@@ -255,7 +258,7 @@ def test_every_rejection_reason_is_reported_and_reconciled(v1_config, tmp_path):
     assert (val_summary.num_lines, val_summary.num_examples, val_summary.num_rejected) == (2, 0, 2)
     assert val_summary.shards == []
     assert sorted(r["id"] for r in read_records(out, manifest, "train")) == ["dup", "good_a", "good_b", "x.y.z"]
-    assert not os.path.exists(out / preprocess.SPILL_DIR)
+    assert not os.path.exists(out / SPILL_DIR)
 
 
 def _teacher_case(root, mel_dir, clip_id, seconds, seed):

@@ -14,8 +14,11 @@ import tensorflow as tf
 
 from model import checkpoint as ckpt_lib
 from model.data import DataError
-from model.outputs import OutputError
-from model.train import Trainer, TrainingError, TrainOptions, train
+from model.generator import Generator
+from core.storage import OutputError
+from model.options import TrainingError, TrainOptions
+from model.train import train
+from model.trainer import Trainer
 from core.config import load_config
 from tests.train_helpers import config_file, debug_config, tone_clip, tone_shards, write_shards
 
@@ -32,17 +35,23 @@ def options(data_dir, checkpoint_path, steps, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """One Trainer (traced once) shared by the tests, tone shards and a step-0 checkpoint to start from."""
+def root(tmp_path_factory):
+    """Tone shards and a step-0 checkpoint to start from, shared by the tests (read only: tests copy them)."""
     root = tmp_path_factory.mktemp("train")
     tone_shards(root / "data", CFG, num_train=2, num_val=1, frames=(6, 12), num_shards={"train": 2})
-    trainer = train(CFG, options(root / "data", root / "init", 0))
-    return trainer, root
+    train(CFG, options(root / "data", root / "init", 0))
+    return root
 
 
-def start(setup, name):
+@pytest.fixture
+def make_trainer():
+    """A factory of fresh Trainers of the tiny CFG: no test sees the weights, optimiser slots or traced step
+    another test left. A fresh one holds random weights until train() restores a checkpoint into it."""
+    return lambda: Trainer(CFG)
+
+
+def start(root, name):
     """A checkpoint directory holding a copy of the shared step-0 checkpoint."""
-    trainer, root = setup
     shutil.copytree(root / "init", root / name)
     return root / name
 
@@ -51,21 +60,20 @@ def weights(trainer):
     return [v.numpy() for v in trainer.generator.weights + trainer.mpd.weights + trainer.msd.weights]
 
 
-def test_overfitting_one_batch_lowers_the_mel_error(setup, tmp_path):
-    trainer, root = setup
+def test_overfitting_one_batch_lowers_the_mel_error(root, make_trainer, tmp_path):
     frames = CFG.frames_per_segment
     clip = tone_clip(np.random.default_rng(1), frames * CFG.audio.hop_size, CFG.audio.sampling_rate)
     write_shards(tmp_path, CFG, {"train": [clip], "val": [clip]})
-    train(CFG, options(tmp_path, start(setup, "overfit"), 24), trainer=trainer)
+    trainer = train(CFG, options(tmp_path, start(root, "overfit"), 24), trainer=make_trainer())
     errors = [h["mel_spec_error"] for h in trainer.history]
     assert len(errors) == 24
     # Measured: ~0.4 after 24 steps (after 12 steps 0.65-0.78, too close to the bound for a GAN on 2 threads)
     assert np.mean(errors[-3:]) < 0.75 * np.mean(errors[:3]), errors
 
 
-def test_resume_is_exact(setup):
-    trainer, root = setup
-    split, whole = start(setup, "split"), start(setup, "whole")
+def test_resume_is_exact(root, make_trainer):
+    trainer = make_trainer()
+    split, whole = start(root, "split"), start(root, "whole")
     train(CFG, options(root / "data", split, 1), trainer=trainer)  # stops mid-epoch (2 steps per epoch)
     assert ckpt_lib.latest_checkpoint(str(split)).endswith("ckpt-1")
     train(CFG, options(root / "data", split, 3), trainer=trainer)  # finishes epoch 1, one step of epoch 2
@@ -78,9 +86,9 @@ def test_resume_is_exact(setup):
     np.testing.assert_allclose(float(trainer.optim_g.learning_rate), 0.001 * 0.999, rtol=1e-6)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path):
-    trainer, root = setup
-    path = start(setup, "nan")
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(root, make_trainer, tmp_path):
+    trainer = make_trainer()
+    path = start(root, "nan")
     train(CFG, options(root / "data", path, 1), trainer=trainer)
     good = weights(trainer)
     clips = [tone_clip(np.random.default_rng(k), 8 * CFG.audio.hop_size, CFG.audio.sampling_rate) for k in range(2)]
@@ -91,15 +99,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_pat
         train(CFG, options(tmp_path, path, 4, checkpoint_interval=1), trainer=trainer)
     assert sorted(os.path.basename(p) for p in glob.glob(str(path / "ckpt-*.index"))) == ["ckpt-0.index",
                                                                                            "ckpt-1.index"]
-    restored = Trainer(CFG)
-    tf.train.Checkpoint(generator=restored.generator).restore(ckpt_lib.latest_checkpoint(str(path))).expect_partial()
-    for a, b in zip(good, [v.numpy() for v in restored.generator.weights]):
+    restored = Generator(CFG.generator)
+    restored.build((None, None, CFG.audio.num_mels))
+    tf.train.Checkpoint(generator=restored).restore(ckpt_lib.latest_checkpoint(str(path))).expect_partial()
+    for a, b in zip(good, [v.numpy() for v in restored.weights]):
         np.testing.assert_array_equal(a, b)
 
 
-def test_fine_tuning_from_a_generator_only_checkpoint(setup, tmp_path, caplog):
-    trainer, root = setup
-    # A clean state (the shared trainer may hold what an earlier test left): the step-0 checkpoint.
+def test_fine_tuning_from_a_generator_only_checkpoint(root, make_trainer, tmp_path, caplog):
+    trainer = make_trainer()
+    # The converted checkpoint holds the step-0 checkpoint's generator.
     trainer.checkpoint.restore(ckpt_lib.latest_checkpoint(str(root / "init")))
     converted = tmp_path / "converted"
     source = tf.train.Checkpoint(generator=trainer.generator, step=tf.Variable(7, dtype=tf.int64),
@@ -119,10 +128,16 @@ def test_fine_tuning_from_a_generator_only_checkpoint(setup, tmp_path, caplog):
     assert cfg.audio == CFG.audio and not generator.weight_norm
 
 
-def test_validation_writes_tensorboard_logs(setup):
-    trainer, root = setup
-    path = start(setup, "logs")
+def test_validation_writes_tensorboard_logs_and_no_grappler_failure(root, make_trainer, capfd):
+    """Two steps, each followed by validation: the logs hold every tag. TF 2.21's remapper fails on the train step's
+    graph with an E-level log line; the step runs without it, and the option is back on afterwards for the
+    functions that fuse fine (inference, validation: it runs between the steps here)."""
+    trainer = make_trainer()
+    path = start(root, "logs")
     train(CFG, options(root / "data", path, 2, validation_interval=1, summary_interval=1), trainer=trainer)
+    assert len(trainer.history) == 2 and all(np.isfinite(h["gen_loss_total"]) for h in trainer.history)
+    assert "remapper failed" not in capfd.readouterr().err
+    assert tf.config.optimizer.get_experimental_options().get("remapping", True)
     tags = set()
     for event_file in glob.glob(str(path / "logs" / "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(event_file):
@@ -139,16 +154,6 @@ def run_cli(*args):
                           capture_output=True, text=True, timeout=120)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
     return proc.returncode, lines
-
-
-def test_train_step_logs_no_grappler_failure(tmp_path, capfd):
-    """TF 2.21's remapper fails on the train step's graph with an E-level log line; the step runs without it, and
-    the option is back on afterwards for the functions that fuse fine (inference, validation)."""
-    tone_shards(tmp_path / "data", CFG, num_train=2, num_val=1, frames=(6, 12))
-    trainer = train(CFG, options(tmp_path / "data", tmp_path / "ckpt", 2))
-    assert len(trainer.history) == 2 and all(np.isfinite(h["gen_loss_total"]) for h in trainer.history)
-    assert "remapper failed" not in capfd.readouterr().err
-    assert tf.config.optimizer.get_experimental_options().get("remapping", True)
 
 
 def test_unwritable_checkpoint_directory_is_refused_before_training(tmp_path):
@@ -197,8 +202,6 @@ def test_presets_train(preset, tmp_path):
 
 def other_model_checkpoint(path, cfg):
     """A generator-only checkpoint of ``cfg`` with its config.json beside it, as run_convert.py writes."""
-    from model.generator import Generator
-
     generator = Generator(cfg.generator)
     generator.build((None, None, cfg.audio.num_mels))
     tf.train.CheckpointManager(tf.train.Checkpoint(generator=generator), str(path), 1, checkpoint_name="ckpt").save()
@@ -206,8 +209,8 @@ def other_model_checkpoint(path, cfg):
     return path
 
 
-def test_checkpoint_of_another_model_is_a_one_line_error(setup, tmp_path):
-    trainer, root = setup
+def test_checkpoint_of_another_model_is_a_one_line_error(root, make_trainer, tmp_path):
+    trainer = make_trainer()
     other = other_model_checkpoint(tmp_path / "other", debug_config(**{**CFG.raw, "upsample_initial_channel": 32}))
     why = "the checkpoint is of another model: upsample_initial_channel is 32 in the checkpoint's config.json, 16 here"
     with pytest.raises(ckpt_lib.CheckpointError, match=f"^{other}: {why}") as err:
@@ -216,7 +219,7 @@ def test_checkpoint_of_another_model_is_a_one_line_error(setup, tmp_path):
     with pytest.raises(ckpt_lib.CheckpointError, match=f"^{other}: {why}"):
         ckpt_lib.restore_generator(str(other), CFG)
     # Resuming: the discriminators' keys count too.
-    resumed = start(setup, "other_discriminators")
+    resumed = start(root, "other_discriminators")
     (resumed / "config.json").write_text(json.dumps({**CFG.raw, "mpd_periods": [2, 3]}))
     with pytest.raises(ckpt_lib.CheckpointError, match=r"mpd_periods is \[2, 3\] in the checkpoint's config.json, "
                                                        r"\[2\] here"):
@@ -230,9 +233,9 @@ def test_checkpoint_of_another_model_is_a_one_line_error(setup, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
-def test_broken_checkpoint_files_are_one_line_errors(setup, damage):
-    trainer, root = setup
-    path = start(setup, f"broken_{damage}")
+def test_broken_checkpoint_files_are_one_line_errors(root, make_trainer, damage):
+    trainer = make_trainer()
+    path = start(root, f"broken_{damage}")
     (data_file,) = glob.glob(str(path / "ckpt-0.data-*"))
     if damage == "missing":
         os.remove(data_file)
@@ -249,9 +252,8 @@ def test_broken_checkpoint_files_are_one_line_errors(setup, damage):
         train(CFG, options(root / "data", root / f"from_broken_{damage}", 1, init_from=str(path)), trainer=trainer)
 
 
-def test_discriminators_of_a_training_checkpoint_are_found(setup):
+def test_discriminators_of_a_training_checkpoint_are_found(root):
     """tf.train.list_variables names a trainer's discriminator weights under optim_d/, not mpd/."""
-    _, root = setup
     prefix = ckpt_lib.latest_checkpoint(str(root / "init"))
     assert ckpt_lib.has_discriminators(prefix) and ckpt_lib.has_optimizers(prefix)
 
@@ -259,10 +261,10 @@ def test_discriminators_of_a_training_checkpoint_are_found(setup):
 @pytest.mark.parametrize("index, why", [("garbage\n", "cannot be parsed"),
                                         ('model_checkpoint_path: "ckpt-7"\n', "names ckpt-7, which is not there"),
                                         (None, "is missing")])
-def test_corrupt_checkpoint_index_is_refused(setup, index, why):
+def test_corrupt_checkpoint_index_is_refused(root, make_trainer, index, why):
     """TensorFlow reads such an index as "no checkpoint": training would start again at step 0 over ckpt-0."""
-    trainer, root = setup
-    path = start(setup, f"index_{why.split()[0]}")
+    trainer = make_trainer()
+    path = start(root, f"index_{why.split()[0]}")
     if index is None:
         os.remove(path / "checkpoint")
     else:
@@ -277,29 +279,27 @@ def test_corrupt_checkpoint_index_is_refused(setup, index, why):
                                                "config.json", "logs"] + (["checkpoint"] if index else []))
 
 
-def copy_data(setup, tmp_path):
-    _, root = setup
+def copy_data(root, tmp_path):
     shutil.copytree(root / "data", tmp_path / "data")
     return tmp_path / "data"
 
 
-def test_missing_shard_is_refused_before_training(setup, tmp_path):
-    trainer, _ = setup
-    data_dir = copy_data(setup, tmp_path)
+def test_missing_shard_is_refused_before_training(root, tmp_path):
+    data_dir = copy_data(root, tmp_path)
     os.remove(data_dir / "train-00001-of-00002.tfrecord")
     with pytest.raises(DataError, match=f"^{data_dir}: shard train-00001-of-00002.tfrecord listed in manifest.json "
                                         "does not exist$"):
-        train(CFG, options(data_dir, tmp_path / "ckpt", 1), trainer=trainer)
+        train(CFG, options(data_dir, tmp_path / "ckpt", 1))  # refused before a Trainer is built
     assert not (tmp_path / "ckpt").exists()
 
 
-def test_truncated_shard_stops_training_and_keeps_the_checkpoint(setup, tmp_path):
-    trainer, _ = setup
-    data_dir = copy_data(setup, tmp_path)
+def test_truncated_shard_stops_training_and_keeps_the_checkpoint(root, make_trainer, tmp_path):
+    trainer = make_trainer()
+    data_dir = copy_data(root, tmp_path)
     shard = data_dir / "train-00001-of-00002.tfrecord"
     with open(shard, "r+b") as f:
         f.truncate(os.path.getsize(shard) - 100)
-    path = start(setup, "truncated_shard")
+    path = start(root, "truncated_shard")
     files = lambda: {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}  # noqa: E731
     before = files()
     # NOTE: it fails before the first step (the shuffle buffer reads every shard): a step here would cost ~9 s

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from model.torch_weights import (discriminator_torch_state, generator_torch_state, load_generator_state,
                                  load_mpd_state, load_msd_state)
-from model.train import Trainer
+from model.trainer import Trainer
 from core.config import config_from_dict
 from tools.make_fixtures import sample_points, synthetic_state
 

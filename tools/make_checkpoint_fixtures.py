@@ -25,8 +25,10 @@ Writes, all small:
                               layout [num_mels, frames]) and the original's output (float and int16 as its
                               inference.py writes it, after remove_weight_norm); MPD / MSD logits of the crafted
                               discriminators on a short signal.
+  PROVENANCE.json             for each file above but ckpt_parity.npz (which holds its own): the reference's
+                              commit, the torch version and the file's sha256 (tools/reference.py).
 
-This file imports no project code.
+This file imports nothing of the toolkit.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import zipfile
 
 import numpy as np
 
-from tools.make_fixtures import _load_reference
+from tools import reference
 
 TINY_CONFIG = {
     "resblock": "1", "num_gpus": 0, "batch_size": 2, "learning_rate": 0.0002, "adam_b1": 0.8, "adam_b2": 0.99,
@@ -55,10 +57,6 @@ TINY_CONFIG = {
 }
 MARKER = "malicious_pickle_ran.marker"
 SHARED_STORAGE = 8192
-
-
-class _AttrDict(dict):
-    __getattr__ = dict.__getitem__
 
 
 class Malicious:
@@ -141,11 +139,11 @@ def make_tensor_files(out_dir: str, expected: dict) -> None:
             f.write(rewrite(buf.getvalue()))
 
 
-def make_generator_files(models, meldataset, out_dir: str, expected: dict):
+def make_generator_files(ref: reference.Reference, out_dir: str, expected: dict):
     import torch
 
     torch.manual_seed(1234)
-    generator = models.Generator(_AttrDict(TINY_CONFIG))
+    generator = ref.models.Generator(ref.hparams(TINY_CONFIG))
     with torch.no_grad():
         for name, param in generator.named_parameters():
             if name.endswith("weight_g"):  # g != ||v||, so a loader that ignores g would show
@@ -169,8 +167,8 @@ def make_generator_files(models, meldataset, out_dir: str, expected: dict):
     audio = 0.5 * np.sin(2 * np.pi * (200 + 1500 * t) * t) * (t < 0.2)
     audio += 0.01 * np.random.default_rng(0).standard_normal(t.size)
     c = TINY_CONFIG
-    mel = meldataset.mel_spectrogram(torch.FloatTensor(audio).unsqueeze(0), c["n_fft"], c["num_mels"], sr, hop,
-                                     c["win_size"], c["fmin"], c["fmax"])
+    mel = ref.meldataset.mel_spectrogram(torch.FloatTensor(audio).unsqueeze(0), c["n_fft"], c["num_mels"], sr, hop,
+                                         c["win_size"], c["fmin"], c["fmax"])
     generator.eval()
     generator.remove_weight_norm()
     with torch.no_grad():
@@ -246,19 +244,21 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    models, meldataset = _load_reference(args.reference_repo)
+    ref = reference.load(args.reference_repo)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "ckpt_config.json"), "w") as f:
         json.dump(TINY_CONFIG, f, indent=2)
     expected: dict = {}
     make_tensor_files(args.out, expected)
-    make_generator_files(models, meldataset, args.out, expected)
+    make_generator_files(ref, args.out, expected)
     state = torch.load(os.path.join(args.out, "ckpt_g_zip"))["generator"]
-    make_discriminator_file(models, state, args.out, expected)
-    np.savez_compressed(os.path.join(args.out, "ckpt_parity.npz"), **expected)
-    for name in sorted(os.listdir(args.out)):
-        if name.startswith("ckpt_"):
-            logging.info("%-28s %8d bytes", name, os.path.getsize(os.path.join(args.out, name)))
+    make_discriminator_file(ref.models, state, args.out, expected)
+    np.savez_compressed(os.path.join(args.out, "ckpt_parity.npz"), **expected, **ref.provenance_arrays())
+    names = sorted(name for name in os.listdir(args.out) if name.startswith("ckpt_"))
+    for name in names:
+        logging.info("%-28s %8d bytes", name, os.path.getsize(os.path.join(args.out, name)))
+    sidecar = reference.record_provenance(ref, args.out, [name for name in names if not name.endswith(".npz")])
+    logging.info("wrote %s", sidecar)
 
 
 if __name__ == "__main__":

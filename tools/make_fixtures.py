@@ -12,23 +12,23 @@ Writes three small files:
                      ``synthetic_state`` (the names and shapes are stored, not the weights);
   loss_parity.npz    the original's discriminator_loss, generator_loss and feature_loss on small random inputs.
 
-This file imports no project code and no torch at module level, so the tests import ``synthetic_state`` from it.
+Each also holds the reference's commit and the torch version (tools/reference.py). This file imports nothing of
+the toolkit and no torch at module level, so the tests import ``synthetic_state`` from it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
 import subprocess
-import sys
 import tempfile
-import types
 import zlib
 
 import numpy as np
+
+from tools import reference
 
 SCHEME = ("synthetic_state v1: per key rng = np.random.default_rng(zlib.crc32(key)); weight_g ~ U(0.5, 1.5) "
           "(x0.1 for conv_post); bias ~ N(0, 0.05); spectral weight_u / weight_v = 30 power iterations on "
@@ -109,39 +109,6 @@ def summarize(array: np.ndarray) -> dict[str, np.ndarray]:
             "sample": flat[sample_points(flat.size)].astype(np.float32)}
 
 
-def _load_reference(repo: str):
-    """Import the original's models.py and meldataset.py from ``repo`` for torch 2.x and librosa >= 0.10."""
-    import librosa
-    import torch
-
-    try:
-        import matplotlib  # noqa: F401  (only the original's plotting helpers use it)
-    except ImportError:
-        stub = types.ModuleType("matplotlib")
-        stub.use = lambda *args, **kwargs: None
-        stub.pylab = types.ModuleType("matplotlib.pylab")
-        sys.modules.update({"matplotlib": stub, "matplotlib.pylab": stub.pylab})
-
-    def load(name):
-        spec = importlib.util.spec_from_file_location(name, os.path.join(repo, f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # models.py does `from utils import ...`
-        spec.loader.exec_module(module)
-        return module
-
-    load("utils")
-    models, meldataset = load("models"), load("meldataset")
-    meldataset.librosa_mel_fn = lambda sr, n_fft, n_mels, fmin, fmax: librosa.filters.mel(
-        sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
-    stft = torch.stft
-
-    def real_stft(*args, **kwargs):
-        return torch.view_as_real(stft(*args, return_complex=True, **kwargs))
-
-    torch.stft = real_stft  # this process only: the original calls torch.stft without return_complex
-    return models, meldataset
-
-
 def _speech_int16(max_seconds: float = 1.5) -> np.ndarray:
     from scipy.io import wavfile
 
@@ -195,8 +162,10 @@ def _store_disc(out, name, logits, fmaps):
                 out[f"{name}/{i}/fmap/{j}/{stat}"] = value
 
 
-def make_model_fixture(models) -> dict[str, np.ndarray]:
+def make_model_fixture(ref: reference.Reference) -> dict[str, np.ndarray]:
     import torch
+
+    models = ref.models
 
     torch.set_grad_enabled(False)
     rng = np.random.default_rng(1234)
@@ -206,7 +175,7 @@ def make_model_fixture(models) -> dict[str, np.ndarray]:
     out = {"scheme": np.asarray(SCHEME), "mel": mel, "audio": audio,
            "generator_configs": np.asarray(json.dumps(GENERATOR_CONFIGS))}
     for name, cfg in GENERATOR_CONFIGS.items():
-        generator = models.Generator(types.SimpleNamespace(**cfg)).eval()
+        generator = models.Generator(ref.hparams(cfg)).eval()
         out[f"{name}/shapes"] = np.asarray(json.dumps(_load_synthetic(generator)))
         out[f"{name}/audio"] = _channels_last(generator(torch.from_numpy(mel).transpose(1, 2)))
         logging.info("generator %s: output %s, std %.3f", name, out[f"{name}/audio"].shape,
@@ -262,13 +231,13 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="tests/fixtures", help="output folder for the .npz fixtures")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    models, meldataset = _load_reference(args.reference_repo)
+    ref = reference.load(args.reference_repo)
     os.makedirs(args.out, exist_ok=True)
-    for name, make in (("mel_parity", lambda: make_mel_fixture(meldataset)),
-                       ("model_parity", lambda: make_model_fixture(models)),
-                       ("loss_parity", lambda: make_loss_fixture(models))):
+    for name, make in (("mel_parity", lambda: make_mel_fixture(ref.meldataset)),
+                       ("model_parity", lambda: make_model_fixture(ref)),
+                       ("loss_parity", lambda: make_loss_fixture(ref.models))):
         path = os.path.join(args.out, f"{name}.npz")
-        np.savez_compressed(path, **make())
+        np.savez_compressed(path, **make(), **ref.provenance_arrays())
         logging.info("wrote %s (%d bytes)", path, os.path.getsize(path))
 
 

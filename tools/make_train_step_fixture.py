@@ -9,11 +9,12 @@ The original's Generator (v1 audio, a tiny generator; torch's default init from 
 MultiPeriodDiscriminator and MultiScaleDiscriminator (``synthetic_state`` weights, the scheme of
 tools/make_fixtures.py: 70 M parameters cannot be stored, the tests regenerate them) and its two AdamW
 optimisers, built as its train.py builds them (its ExponentialLR schedulers only act between epochs), run
-two iterations of its train.py loop body on two batches of speech (x and y_mel from its
+two iterations of its train.py loop body (tools/reference.py) on two batches of speech (x and y_mel from its
 meldataset.mel_spectrogram). Stored: the config, the initial generator, the
 batches, every loss of both steps, and after step 2 the whole generator, every discriminator tensor of at most
 ``FULL_SIZE`` elements (biases, weight_g, the first and last convolutions), spectral norm's u and v, and of the
-larger ones ``sample_points`` elements plus the L2 norm of their total update.
+larger ones ``sample_points`` elements plus the L2 norm of their total update; and the reference's commit and
+the torch version.
 
 The original runs as it is: each sub-discriminator is called on real, then on generated audio, so MSD's
 spectral-normalised first scale does two power iterations per pass, as our trainer's separate calls do.
@@ -22,15 +23,14 @@ spectral-normalised first scale does two power iterations per pass, as our train
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import logging
 import os
-import types
 
 import numpy as np
 
-from tools.make_fixtures import SCHEME, _load_reference, sample_points, synthetic_state
+from tools import reference
+from tools.make_fixtures import SCHEME, sample_points, synthetic_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # configs/v1.json's audio and optimiser with a tiny generator (hop 256 = 8 * 8 * 4) and short segments.
@@ -53,55 +53,20 @@ def _segments(speech_int16: np.ndarray, h) -> np.ndarray:
     return np.stack([audio[s:s + h.segment_size] for s in starts]).astype(np.float32)
 
 
-def _original_step(models, meldataset, h, nets, optims, x, y, y_mel) -> dict[str, float]:
-    """One iteration of the loop body of the original's train.py (D update, then G update); its loss values."""
-    import torch.nn.functional as F
-
-    generator, mpd, msd = nets
-    optim_g, optim_d = optims
-    y = y.unsqueeze(1)
-    y_g_hat = generator(x)
-    y_g_hat_mel = meldataset.mel_spectrogram(y_g_hat.squeeze(1), h.n_fft, h.num_mels, h.sampling_rate, h.hop_size,
-                                             h.win_size, h.fmin, h.fmax_for_loss)
-    optim_d.zero_grad()
-    f_real, f_fake, _, _ = mpd(y, y_g_hat.detach())
-    loss_disc_f, _, _ = models.discriminator_loss(f_real, f_fake)
-    s_real, s_fake, _, _ = msd(y, y_g_hat.detach())
-    loss_disc_s, _, _ = models.discriminator_loss(s_real, s_fake)
-    loss_disc_all = loss_disc_s + loss_disc_f
-    loss_disc_all.backward()
-    optim_d.step()
-
-    optim_g.zero_grad()
-    mel_error = F.l1_loss(y_mel, y_g_hat_mel)
-    loss_mel = mel_error * 45  # NOTE: the original's hard-coded weight (our cfg.loss.lambda_mel)
-    f_real, f_fake, fmap_f_real, fmap_f_fake = mpd(y, y_g_hat)
-    s_real, s_fake, fmap_s_real, fmap_s_fake = msd(y, y_g_hat)
-    loss_fm = models.feature_loss(fmap_f_real, fmap_f_fake) + models.feature_loss(fmap_s_real, fmap_s_fake)
-    loss_adv = models.generator_loss(f_fake)[0] + models.generator_loss(s_fake)[0]
-    loss_gen_all = loss_adv + loss_fm + loss_mel
-    loss_gen_all.backward()
-    optim_g.step()
-    values = dict(disc_loss_total=loss_disc_all, disc_mpd=loss_disc_f, disc_msd=loss_disc_s,
-                  gen_loss_total=loss_gen_all, gen_adversarial=loss_adv, feature_matching_x2=loss_fm,
-                  mel_spec_error=mel_error)
-    return {k: v.item() for k, v in values.items()}
-
-
 def _numpy_state(module) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy().astype(np.float32) for k, v in module.state_dict().items()}
 
 
-def make_train_step_fixture(models, meldataset, speech_int16: np.ndarray) -> dict[str, np.ndarray]:
+def make_train_step_fixture(ref: reference.Reference, speech_int16: np.ndarray) -> dict[str, np.ndarray]:
     import torch
 
     with open(os.path.join(ROOT, "configs", "v1.json"), encoding="utf-8") as f:
         raw = {**json.load(f), **OVERRIDES}
-    h = types.SimpleNamespace(**raw)
+    h = ref.hparams(raw)
     torch.manual_seed(SEED)
-    generator = models.Generator(h)
-    mpd, msd = models.MultiPeriodDiscriminator(), models.MultiScaleDiscriminator()
-    out = {"config": np.asarray(json.dumps(raw)), "scheme": np.asarray(SCHEME)}
+    nets = reference.build_training(ref, h)
+    generator, mpd, msd = nets.generator, nets.mpd, nets.msd
+    out = {"config": np.asarray(json.dumps(raw)), "scheme": np.asarray(SCHEME), **ref.provenance_arrays()}
     for name, net in (("mpd", mpd), ("msd", msd)):
         shapes = {k: list(v.shape) for k, v in net.state_dict().items()}
         net.load_state_dict({k: torch.from_numpy(v) for k, v in synthetic_state(shapes).items()})
@@ -109,24 +74,18 @@ def make_train_step_fixture(models, meldataset, speech_int16: np.ndarray) -> dic
     for key, value in _numpy_state(generator).items():
         out[f"initial/generator/{key}"] = value
     initial = {"mpd": _numpy_state(mpd), "msd": _numpy_state(msd)}
-    # As the original's train.py builds them (torch's AdamW defaults: weight_decay 0.01, eps 1e-8).
-    optim_g = torch.optim.AdamW(generator.parameters(), h.learning_rate, betas=[h.adam_b1, h.adam_b2])
-    optim_d = torch.optim.AdamW(itertools.chain(msd.parameters(), mpd.parameters()), h.learning_rate,
-                                betas=[h.adam_b1, h.adam_b2])
-    generator.train(), mpd.train(), msd.train()
 
-    audio = _segments(speech_int16, h)
+    audio, mel_spectrogram = _segments(speech_int16, h), ref.meldataset.mel_spectrogram
     for step in range(STEPS):
         y = torch.from_numpy(audio[step * h.batch_size:(step + 1) * h.batch_size])
         # The original's MelDataset (not fine-tuning): both mels from the segment itself.
-        x = meldataset.mel_spectrogram(y, h.n_fft, h.num_mels, h.sampling_rate, h.hop_size, h.win_size, h.fmin,
-                                       h.fmax)
-        y_mel = meldataset.mel_spectrogram(y, h.n_fft, h.num_mels, h.sampling_rate, h.hop_size, h.win_size,
-                                           h.fmin, h.fmax_for_loss)
+        x = mel_spectrogram(y, h.n_fft, h.num_mels, h.sampling_rate, h.hop_size, h.win_size, h.fmin, h.fmax)
+        y_mel = mel_spectrogram(y, h.n_fft, h.num_mels, h.sampling_rate, h.hop_size, h.win_size, h.fmin,
+                                h.fmax_for_loss)
         out[f"step{step}/audio"] = y.numpy()
         out[f"step{step}/mel"] = x.transpose(1, 2).numpy().astype(np.float32)
         out[f"step{step}/mel_loss"] = y_mel.transpose(1, 2).numpy().astype(np.float32)
-        losses = _original_step(models, meldataset, h, (generator, mpd, msd), (optim_g, optim_d), x, y, y_mel)
+        losses = {k: v.item() for k, v in reference.train_step(ref, h, nets, x, y, y_mel).items()}
         logging.info("step %d: %s", step, ", ".join(f"{k} {v:.6f}" for k, v in losses.items()))
         for key, value in losses.items():
             out[f"step{step}/{key}"] = np.float64(value)
@@ -154,11 +113,11 @@ def main(argv=None) -> None:
                         help="fixtures folder: reads its mel_parity.npz, writes train_step_parity.npz")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    models, meldataset = _load_reference(args.reference_repo)
+    ref = reference.load(args.reference_repo)
     with np.load(os.path.join(args.out, "mel_parity.npz")) as data:
         speech = data["speech_int16"]
     path = os.path.join(args.out, "train_step_parity.npz")
-    np.savez_compressed(path, **make_train_step_fixture(models, meldataset, speech))
+    np.savez_compressed(path, **make_train_step_fixture(ref, speech))
     logging.info("wrote %s (%d bytes)", path, os.path.getsize(path))
 
 
