@@ -50,13 +50,17 @@ def read_filelist_ids(path: str) -> list[str]:
         return [line.split("|", 1)[0] for line in f.read().splitlines() if line.strip()]
 
 
+# The seed every test starts from (subprocesses that must see the test's random state set it too).
+TEST_SEED = 20261129
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     """Every test starts from the same random state (python, numpy, TF and Keras initialisers), whatever ran
     before it: a failure in CI can be rerun here as it was."""
     import keras
 
-    keras.utils.set_random_seed(20261129)
+    keras.utils.set_random_seed(TEST_SEED)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,9 @@
 """The streaming input: crops on the frame grid, padding of short clips, determinism, sharding."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -137,14 +141,45 @@ def test_missing_manifest_is_a_one_line_error(tmp_path):
     assert "\n" not in str(err.value)
 
 
-def test_distributed_dataset_over_two_cpus_matches(indexed_dir):
+# Devices are fixed when TensorFlow starts: two logical CPUs need a process of their own.
+TWO_REPLICAS = """
+import sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from model import data
+from tests.conftest import TEST_SEED
+from tests.train_helpers import debug_config
+keras.utils.set_random_seed(TEST_SEED)  # NOTE: tf.data's seeded shuffles also depend on the global seed
+path, out = sys.argv[1:]
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+assert strategy.num_replicas_in_sync == 2
+dist = data.distributed_train_dataset(strategy, path, data.load_manifest(path), debug_config(batch_size=2), 4, 0)
+steps = {}
+for step, batch in enumerate(dist):
+    for key, value in batch.items():
+        parts = [p.numpy() for p in strategy.experimental_local_results(value)]
+        assert len(parts) == 2 and all(len(p) == 1 for p in parts), [p.shape for p in parts]
+        steps[f"{key}/{step}"] = np.concatenate(parts)
+np.savez(out, **steps)
+"""
+
+
+def test_distributed_dataset_over_two_replicas_matches_every_global_batch(indexed_dir, tmp_path):
     path, manifest, _ = indexed_dir
-    strategy = tf.distribute.get_strategy()
-    dist = data.distributed_train_dataset(strategy, path, manifest, debug_config(batch_size=2), 4, 0)
+    out = tmp_path / "replicas.npz"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", TWO_REPLICAS, path, str(out)], cwd=root, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     plain = batches(path, manifest, 4, 0)
-    got = [b["mel"].numpy() for b in dist]
-    assert len(got) == len(plain)
-    np.testing.assert_array_equal(got[0], plain[0]["mel"])
+    with np.load(out) as got:
+        assert len(got.files) == len(plain) * len(plain[0])
+        for step, batch in enumerate(plain):  # replica 0's clip then replica 1's: the same global batch
+            for key, value in batch.items():
+                np.testing.assert_array_equal(got[f"{key}/{step}"], value, err_msg=f"{key} at step {step}")
 
 
 def test_missing_shard_is_a_one_line_error(tmp_path):
