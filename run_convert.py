@@ -6,23 +6,23 @@
 
 import argparse
 import logging
-import sys
 
 from core import cli
 from core.config import load_config
 from core.storage import TF_IO
-from model.convert import convert
 
 
 def convert_from_flags(argv=None) -> int:
     """Converts as the flags say; UserError (one line) for a bad config, torch checkpoint or output directory."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="the original's config.json for this checkpoint")
     parser.add_argument("--torch_generator", required=True, help="g_XXXXXXXX file: {'generator': state_dict}")
     parser.add_argument("--torch_discriminator", default=None,
                         help="optional do_XXXXXXXX file: {'mpd', 'msd', 'optim_g', 'optim_d', 'steps', 'epoch'}")
     parser.add_argument("--output_dir", required=True, help="new (or empty) checkpoint directory to write")
     args = parser.parse_args(argv)
+    from model.convert import convert  # TensorFlow: once the flags are known to be good
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, io=TF_IO)
     prefix = convert(cfg, args.torch_generator, args.output_dir, args.torch_discriminator)
@@ -35,4 +35,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.launch(main)

@@ -1,39 +1,45 @@
-"""Export a checkpoint's generator as a SavedModel or TFLite model (mel [batch, frames, num_mels] -> audio
-[batch, samples], any length), checked against the Keras model on a test input.
+"""Export a checkpoint's generator as a SavedModel, TFLite or ONNX model (mel [batch, frames, num_mels] -> audio
+[batch, samples], any batch and length), checked against the Keras model on a test input.
 
     python run_export.py --checkpoint checkpoints/lj_v1 --format saved_model --output exported/lj_v1
     python run_export.py --checkpoint checkpoints/lj_v1 --format tflite --output exported/tflite
     python run_export.py --checkpoint checkpoints/lj_v1 --format tflite --tflite_quantization float16 \
         --output exported/lj_v1_fp16.tflite
+    python run_export.py --checkpoint checkpoints/lj_v1 --format onnx --output exported/lj_v1.onnx
+
+An existing output is refused unless --overwrite is given.
 """
 
 import argparse
 import logging
-import sys
 
 from core import cli
 from core.config import load_config
 from core.storage import TF_IO
-from model.checkpoint import restore_generator
-from model.export import TFLITE_QUANTIZATIONS, export
 
 
 def export_from_flags(argv=None) -> int:
     """Exports as the flags say; UserError (one line) for a bad checkpoint, config or output path."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from model.checkpoint import restore_generator
+    from model.export import FORMATS, TFLITE_QUANTIZATIONS, export, plan
+
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (its latest checkpoint is used)")
     parser.add_argument("--config", default=None, help="config JSON (default: config.json beside the checkpoint)")
-    parser.add_argument("--format", required=True, choices=("saved_model", "tflite"), help="export format")
+    parser.add_argument("--format", required=True, choices=FORMATS, help="export format")
     parser.add_argument("--output", required=True,
-                        help="SavedModel directory; .tflite path for one quantization, else a directory")
+                        help="SavedModel directory; .onnx path; .tflite path for one quantization, else a directory")
     parser.add_argument("--tflite_quantization", choices=(*TFLITE_QUANTIZATIONS, "all"), default="all",
                         help="TFLite flavour: float32, float16 weights, dynamic-range int8 weights, or all three")
+    cli.boolean_flag(parser, "overwrite", "replace an existing output file or SavedModel (once the new one passed "
+                                          "its check)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     quantizations = TFLITE_QUANTIZATIONS if args.tflite_quantization == "all" else (args.tflite_quantization,)
+    plan(args.format, args.output, quantizations, args.overwrite)  # refuses a bad or existing output first
     cfg = load_config(args.config, io=TF_IO) if args.config else None
     generator, cfg = restore_generator(args.checkpoint, cfg)
-    results = export(generator, cfg, args.format, args.output, quantizations)
+    results = export(generator, cfg, args.format, args.output, quantizations, overwrite=args.overwrite)
     for path, diff in results.items():
         print(f"{path}: max |export - keras| = {diff:.3g}")
     return 0
@@ -44,4 +50,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.launch(main)

@@ -8,19 +8,16 @@ Writes <stem>_generated.wav (16-bit PCM at the config's sampling rate). Exit sta
 
 import argparse
 import logging
-import sys
 
 from core import cli
 from core.config import load_config
 from core.storage import TF_IO
-from model.checkpoint import restore_generator
-from model.inference import Vocoder, vocode_files
 
 
 def vocode_from_flags(argv=None) -> int:
     """Vocodes as the flags say: exit status 0, or 1 if any input failed; UserError (one line) for a bad
     checkpoint, config, option or output directory."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (its latest checkpoint is used)")
     parser.add_argument("--config", default=None, help="config JSON (default: config.json beside the checkpoint)")
     parser.add_argument("--output_dir", required=True, help="where <stem>_generated.wav files are written")
@@ -33,11 +30,14 @@ def vocode_from_flags(argv=None) -> int:
                         help="batch size x padded frames per generator call")
     parser.add_argument("--chunk_frames", type=int, default=2048,
                         help="longer inputs are vocoded in chunks of this many frames (plus context)")
-    parser.add_argument("--jit_compile", action="store_true", help="compile the generator with XLA")
+    cli.boolean_flag(parser, "jit_compile", "compile the generator with XLA")
     parser.add_argument("--backend", choices=("tf", "tflite"), default="tf",
                         help="run the generator in TensorFlow, or converted to float32 TFLite (XNNPACK; the "
                              "conversion takes ~30 s for V1)")
     args = parser.parse_args(argv)
+    from model.checkpoint import restore_generator  # TensorFlow: once the flags are known to be good
+    from model.inference import Vocoder, vocode_files
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, io=TF_IO) if args.config else None
     generator, cfg = restore_generator(args.checkpoint, cfg)
@@ -54,4 +54,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.launch(main)

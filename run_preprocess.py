@@ -6,8 +6,9 @@ Flags this script does not know are Beam's (--runner, --direct_num_workers, --di
 """
 
 import argparse
+import contextlib
+import io
 import logging
-import sys
 import time
 
 # NOTE: importing Beam logs "apitools not found ..." through the root logger (its optional BigQuery client; not
@@ -20,11 +21,12 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from core import cli  # noqa: E402
 from core.config import load_config  # noqa: E402
 from core.filelist import read_lines  # noqa: E402
-from pipeline.options import PreprocessOptions  # noqa: E402
+from pipeline.options import OptionsError, PreprocessOptions  # noqa: E402
 
 
 # The demo corpus: what the job runs on with no flag.
 DEMO_TRAIN, DEMO_VAL, DEMO_AUDIO_ROOT = "filelists/demo_train.txt", "filelists/demo_val.txt", "demo/wavs"
+INTERRUPTED = "run_preprocess.py: interrupted"
 
 
 def make_parser() -> cli.ArgumentParser:
@@ -44,6 +46,20 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     return make_parser().parse_known_flags(argv, passes=PipelineOptions([]).get_all_options())
 
 
+def beam_options(beam_args: list[str]) -> PipelineOptions:
+    """Beam's flags, parsed once up front: a bad value is one line (Beam's parser prints its whole usage, 140
+    lines, and exits)."""
+    captured = io.StringIO()
+    options = PipelineOptions(beam_args)
+    try:
+        with contextlib.redirect_stderr(captured):
+            options.get_all_options()
+    except SystemExit:
+        lines = captured.getvalue().strip().splitlines() or ["a Beam flag is not valid"]
+        raise OptionsError(lines[-1].split("error: ", 1)[-1]) from None
+    return options
+
+
 def preprocess(argv=None) -> int:
     """The job on the flags' filelists; UserError (one line) for inputs it cannot use."""
     args, beam_args = parse_args(argv)
@@ -54,19 +70,22 @@ def preprocess(argv=None) -> int:
                         DEMO_AUDIO_ROOT)
     start = time.time()
     config = load_config(args.config)
-    FileSystems.set_options(PipelineOptions(beam_args))  # e.g. s3:// credentials, for the reads below
+    FileSystems.set_options(beam_options(beam_args))  # e.g. s3:// credentials, for the reads below
     for filelist in (args.train_filelist, args.val_filelist):
         read_lines(filelist)  # fail early, before TensorFlow loads, on a missing filelist
     # Beam's job and TensorFlow are imported once the inputs are known to be there: errors are fast.
+    from pipeline.commit import top_reasons
     from pipeline.runner import run
 
     options = cli.options_from_args(PreprocessOptions, args,
                                     filelists={"train": args.train_filelist, "val": args.val_filelist})
-    manifest = run(config, options, beam_args)
-    print(f"Wrote {args.output_dir} in {time.time() - start:.1f} s wall:")
+    manifest = run(config, options, beam_args, interrupted=f"{INTERRUPTED}; {args.output_dir} keeps its last "
+                   f"committed dataset, if any; the same command finishes the job")
+    print(f"Wrote and committed {args.output_dir} in {time.time() - start:.1f} s wall:")
     for name, split in manifest.splits.items():
+        reasons = f" ({top_reasons(split)})" if split.num_rejected else ""
         print(f"  {name}: {split.num_lines} lines, {split.num_examples} clips written, {split.num_rejected} "
-              f"rejected, {split.total_seconds / 3600:.3f} h ({split.total_seconds:.1f} s) of audio, "
+              f"rejected{reasons}, {split.total_seconds / 3600:.3f} h ({split.total_seconds:.1f} s) of audio, "
               f"{len(split.shards)} shards")
     if any(split.num_rejected for split in manifest.splits.values()):
         print(f"  rejected clips and reasons: {args.output_dir}/rejected.jsonl")
@@ -74,8 +93,8 @@ def preprocess(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    return cli.run(preprocess, argv, prog="run_preprocess.py")
+    return cli.run(preprocess, argv, prog="run_preprocess.py", interrupted=INTERRUPTED)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.launch(main)

@@ -89,6 +89,20 @@ def to_int16(audio: np.ndarray) -> np.ndarray:
     return np.clip(np.asarray(audio, np.float32) * 32768.0, -32768.0, 32767.0).astype(np.int16)
 
 
-def write_wav(path: str, audio: np.ndarray, sampling_rate: int) -> None:
-    """Writes float audio [samples] as 16-bit PCM WAV."""
-    sf.write(path, to_int16(audio), sampling_rate, subtype="PCM_16")
+def write_wav(path: str, audio: np.ndarray, sampling_rate: int, software: str | None = None) -> None:
+    """Writes float audio [samples] as 16-bit PCM WAV; ``software`` goes in its INFO chunk (ISFT), where
+    :func:`written_by` finds it."""
+    with sf.SoundFile(path, "w", sampling_rate, 1, "PCM_16", format="WAV") as f:
+        if software:
+            f.software = software
+        f.write(to_int16(audio))
+
+
+def written_by(path: str) -> str:
+    """The ``software`` a WAV file was written with (:func:`write_wav`; libsndfile appends its version), or ""
+    for a file without one or that is not a readable sound file."""
+    try:
+        with sf.SoundFile(path) as f:
+            return f.software or ""
+    except (RuntimeError, OSError):  # soundfile's errors are RuntimeErrors
+        return ""

@@ -1,4 +1,9 @@
-"""The shard directory's ``manifest.json``: what the writer produced and what the reader must agree with."""
+"""The shard directory's ``manifest.json``: what the writer produced and what the reader must agree with.
+
+manifest.json is the dataset's single commit point (see pipeline/commit.py): it lists every shard of the dataset
+with its size and CRC-32C, and the trainer verifies both before it reads. The job writes the manifest it would
+commit as ``manifest.pending.json``; the launcher commits it once the job's guards pass.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,18 @@ from core.config import AudioConfig
 from core.records import SCHEMA_VERSION
 
 MANIFEST_NAME = "manifest.json"
+PENDING_NAME = "manifest.pending.json"
 REJECTED_NAME = "rejected.jsonl"
 SPLITS = ("train", "val")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardFile:
+    """What a shard holds as the job wrote it: its size and CRC-32C (8 hex digits, as google_crc32c's hexdigest
+    and as object stores such as GCS report it)."""
+
+    num_bytes: int
+    crc32c: str
 
 
 @dataclasses.dataclass
@@ -25,6 +40,9 @@ class SplitSummary:
     total_frames: int = 0
     frame_trims: int = 0
     shards: list[str] = dataclasses.field(default_factory=list)
+    # name -> size and checksum of each shard; empty in manifests written before they were recorded (not verified)
+    shard_files: dict[str, ShardFile] = dataclasses.field(default_factory=dict)
+    rejected_reasons: dict[str, int] = dataclasses.field(default_factory=dict)  # reason -> lines rejected for it
 
 
 @dataclasses.dataclass
@@ -59,7 +77,23 @@ class Manifest:
         if raw.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"manifest schema_version {raw.get('schema_version')!r} is not {SCHEMA_VERSION}")
         raw["splits"] = {name: SplitSummary(**split) for name, split in raw["splits"].items()}
+        for split in raw["splits"].values():
+            split.shard_files = {name: ShardFile(**file) for name, file in split.shard_files.items()}
         return cls(**raw)
+
+    def difference(self, other: "Manifest") -> str | None:
+        """None if ``other`` is a dataset of the same kind (audio fingerprint, audio encoding, teacher forcing);
+        else one line naming what differs, as it is here and in ``other``."""
+        for key in sorted(set(self.fingerprint) | set(other.fingerprint)):
+            if self.fingerprint.get(key) != other.fingerprint.get(key):
+                return (f"audio fingerprint ({key} {self.fingerprint.get(key)!r} there, "
+                        f"{other.fingerprint.get(key)!r} here)")
+        if self.audio_encoding != other.audio_encoding:
+            return f"audio encoding ({self.audio_encoding} there, {other.audio_encoding} here)"
+        if self.teacher_forced != other.teacher_forced:
+            kind = {True: "teacher-forced mels", False: "ground-truth mels"}
+            return f"kind ({kind[self.teacher_forced]} there, {kind[other.teacher_forced]} here)"
+        return None
 
     def mismatch(self, audio: AudioConfig) -> str | None:
         """None if shards made with this manifest fit ``audio``; else a one-line description of the first difference."""

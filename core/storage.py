@@ -179,6 +179,17 @@ def check_writable(directory: str, what: str = "output directory", io: Backend =
     return directory
 
 
+def existing_output(path: str, io: Backend = TF_IO) -> str | None:
+    """What lies at ``path`` that a new output would replace or mix with ("a file", "a non-empty directory";
+    "something" for a URI that exists), or None when nothing does or it is an empty directory. The one check
+    behind every command that refuses to write over what is there (run_convert, run_export)."""
+    if is_uri(path):
+        return "something" if io.exists(path) else None
+    if os.path.isdir(path):
+        return "a non-empty directory" if os.listdir(path) else None
+    return "a file" if os.path.lexists(path) else None
+
+
 def check_filesystem(path: str, what: str) -> None:
     """PathError (one line) if Beam cannot use ``path``'s filesystem in this Python: no filesystem for its
     scheme, or one whose client library or credentials are missing (gs:// without apache-beam's [gcp] extra,
@@ -205,3 +216,57 @@ def check_directory(path: str, what: str) -> None:
     """
     if not is_uri(path) and not os.path.isdir(path):
         raise PathError(f"{path}: {what} is not a directory" if os.path.exists(path) else f"{path}: {what} not found")
+
+
+# What a failed read says about the file (read_failure): it does not exist; it is no file that can be read (a
+# directory, a name too long); or the storage failed (permission, auth, network, timeout, full disk, server error).
+MISSING, NOT_A_FILE, STORAGE_FAULT = "missing", "not_a_file", "storage_fault"
+_ERRNO_KINDS = {errno.ENOENT: MISSING, errno.ENOTDIR: MISSING, errno.EISDIR: NOT_A_FILE,
+                errno.ENAMETOOLONG: NOT_A_FILE, errno.ELOOP: NOT_A_FILE}
+_NOT_FOUND_TYPES = ("NotFound", "NoSuchKey", "NoSuchBucket", "ResourceNotFoundError")  # gcs, s3, azure clients
+
+
+def _http_status(error: BaseException) -> int | None:
+    """The HTTP status an object-store client's error carries (``code``, ``status_code``, its response's), if any."""
+    for owner in (error, getattr(error, "response", None)):
+        for name in ("code", "status_code", "status"):
+            value = getattr(owner, name, None)
+            if isinstance(value, int) and 100 <= value < 600:
+                return value
+    return None
+
+
+def _kind_of(error: BaseException) -> str | None:
+    if isinstance(error, OSError) and error.errno is not None:
+        return _ERRNO_KINDS.get(error.errno, STORAGE_FAULT)
+    if isinstance(error, (PermissionError, TimeoutError, ConnectionError)):
+        return STORAGE_FAULT
+    status = _http_status(error)
+    if status in (404, 410) or type(error).__name__ in _NOT_FOUND_TYPES:
+        return MISSING
+    if status in (401, 403, 408, 429) or (status or 0) >= 500:
+        return STORAGE_FAULT
+    return None
+
+
+def read_failure(error: BaseException) -> str | None:
+    """MISSING, NOT_A_FILE or STORAGE_FAULT for an error raised reading a file, or None when it does not say (the
+    caller then asks whether the file exists).
+
+    Looks through wrappers: the error's cause and context and the per-path errors of Beam's BeamIOError
+    (``exception_details``), outermost first; the first that says decides. Any OS error other than "no such file",
+    "not a directory", "is a directory", "name too long" and "symlink loop" is a fault of the storage.
+    """
+    pending, seen = [error], set()
+    while pending:
+        error = pending.pop(0)
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        kind = _kind_of(error)
+        if kind is not None:
+            return kind
+        details = getattr(error, "exception_details", None)
+        pending += [e for e in (details.values() if isinstance(details, dict) else ()) if isinstance(e, BaseException)]
+        pending += [e for e in (error.__cause__, error.__context__) if e is not None]
+    return None

@@ -10,10 +10,12 @@ only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import re
+import uuid
 
 import tensorflow as tf
 from google.protobuf.message import DecodeError
@@ -21,12 +23,13 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from core.config import CONFIG_NAME, ConfigError, HiFiGANConfig, config_from_dict
 from core.errors import UserError
-from core.storage import first_line
+from core.storage import first_line, is_uri
 from model.compat import silence_failed_restore
 
 CHECKPOINT_NAME = "ckpt"
 FINGERPRINT_NAME = "audio_fingerprint.json"
 INDEX_NAME = "checkpoint"  # the CheckpointManager's index file (a text CheckpointState)
+HISTORY_NAME = "config_history.jsonl"  # training settings changed on resume, one JSON object a line
 
 
 class CheckpointError(UserError):
@@ -49,21 +52,83 @@ def latest_checkpoint(checkpoint_dir: str) -> str | None:
     prefix = state.model_checkpoint_path if state else None
     if prefix and tf.io.gfile.exists(prefix + ".index"):
         return prefix
-    pattern = re.compile(rf"{CHECKPOINT_NAME}-(\d+)\.index")
-    numbers = sorted(int(m.group(1)) for m in (pattern.fullmatch(os.path.basename(path)) for path in
-                                                tf.io.gfile.glob(os.path.join(checkpoint_dir, "*.index"))) if m)
-    if not numbers:
+    if not _numbers(checkpoint_dir):
         return None
-    newest = f"{CHECKPOINT_NAME}-{numbers[-1]}"
     if prefix:
         why = f"names {os.path.basename(prefix)}, which is not there"
     elif tf.io.gfile.exists(index):
         why = "cannot be parsed"
     else:
         why = "is missing"
+    newest = newest_complete(checkpoint_dir)
+    if newest is None:
+        raise CheckpointError(f"{index}: the index file {why} and no checkpoint here is complete: train into "
+                              f"another directory to start afresh")
     raise CheckpointError(f"{index}: the index file {why} but {newest} is there: write the line "
-                          f"'model_checkpoint_path: \"{newest}\"' into it to use {newest}, or train into another "
-                          f"directory to start afresh")
+                          f"{index_line(newest)} into it to use {newest}, or train into another directory to start "
+                          f"afresh")
+
+
+def _numbers(checkpoint_dir: str) -> list[int]:
+    """The numbers N of the ``ckpt-N.index`` files in ``checkpoint_dir``, ascending."""
+    pattern = re.compile(rf"{CHECKPOINT_NAME}-(\d+)\.index")
+    return sorted(int(m.group(1)) for m in (pattern.fullmatch(os.path.basename(path)) for path in
+                                             tf.io.gfile.glob(os.path.join(checkpoint_dir, "*.index"))) if m)
+
+
+def index_line(name: str) -> str:
+    """The line of the ``checkpoint`` index file that makes ``name`` (``ckpt-4``) the latest checkpoint, quoted."""
+    return f"'model_checkpoint_path: \"{name}\"'"
+
+
+def is_complete(prefix: str) -> bool:
+    """Whether every tensor of the checkpoint ``prefix`` reads back (index and data files there, checksums right).
+
+    NOTE: reads the whole checkpoint (seconds for a V1 trainer's); only error paths call it.
+    """
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, IndexError, DecodeError):
+        return False
+    return True
+
+
+def newest_complete(checkpoint_dir: str, excluding: str | None = None) -> str | None:
+    """The name (``ckpt-4``) of the newest checkpoint in ``checkpoint_dir`` that reads back whole, other than
+    ``excluding``; None if there is none."""
+    for number in reversed(_numbers(checkpoint_dir)):
+        name = f"{CHECKPOINT_NAME}-{number}"
+        if name != excluding and is_complete(os.path.join(checkpoint_dir, name)):
+            return name
+    return None
+
+
+def corrupt_error(prefix: str, reason: str) -> CheckpointError:
+    """The one-line error for an incomplete or corrupt checkpoint ``prefix``: it names the newest complete one in
+    its directory and the index line that uses it."""
+    checkpoint_dir, name = os.path.dirname(prefix) or ".", os.path.basename(prefix)
+    older = newest_complete(checkpoint_dir, excluding=name)
+    if older is None:
+        hint = "no other checkpoint here is complete: train into another directory to start afresh"
+    else:
+        hint = (f"the newest complete one is {older}: write the line {index_line(older)} into "
+                f"{os.path.join(checkpoint_dir, INDEX_NAME)} to use it")
+    return CheckpointError(f"{checkpoint_dir}: checkpoint {name} is incomplete or corrupt ({reason}); {hint}")
+
+
+def remove_unfinished(prefix: str) -> None:
+    """Deletes what a failed save of ``prefix`` left (its ``_temp`` directory, index and data files), which the
+    index file must not name; best effort (on a full disk this frees the space the partial write took)."""
+    for path in tf.io.gfile.glob(prefix + "_temp*") + tf.io.gfile.glob(prefix + ".*"):
+        try:
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)
+            else:
+                tf.io.gfile.remove(path)
+        except tf.errors.OpError:
+            pass
 
 
 @contextlib.contextmanager
@@ -78,23 +143,68 @@ def _quiet_tensorflow_logs():
         tf_logger.setLevel(level)
 
 
-def write_json_beside(checkpoint_dir: str, cfg: HiFiGANConfig) -> None:
-    """Writes config.json and audio_fingerprint.json into ``checkpoint_dir`` (created if needed)."""
+def write_whole(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` whole or not at all: a local file through a temporary one renamed over it; a
+    URI in one upload (an object store's object appears whole)."""
+    if is_uri(path):
+        with tf.io.gfile.GFile(path, "w") as f:
+            f.write(text)
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_beside(checkpoint_dir: str, cfg: HiFiGANConfig, with_config: bool = True) -> None:
+    """Writes config.json (a new run's: any config history is removed) and audio_fingerprint.json into
+    ``checkpoint_dir`` (created if needed); only the fingerprint unless ``with_config``."""
     tf.io.gfile.makedirs(checkpoint_dir)
-    with tf.io.gfile.GFile(os.path.join(checkpoint_dir, CONFIG_NAME), "w") as f:
-        f.write(cfg.to_json())
-    with tf.io.gfile.GFile(os.path.join(checkpoint_dir, FINGERPRINT_NAME), "w") as f:
-        f.write(json.dumps(cfg.audio.fingerprint(), indent=2, sort_keys=True))
+    if with_config:
+        write_whole(os.path.join(checkpoint_dir, CONFIG_NAME), cfg.to_json())
+        if tf.io.gfile.exists(os.path.join(checkpoint_dir, HISTORY_NAME)):
+            tf.io.gfile.remove(os.path.join(checkpoint_dir, HISTORY_NAME))
+    write_whole(os.path.join(checkpoint_dir, FINGERPRINT_NAME),
+                json.dumps(cfg.audio.fingerprint(), indent=2, sort_keys=True))
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            return f.read()
+    except tf.errors.NotFoundError:
+        return None
+
+
+def config_history(checkpoint_dir: str) -> list[dict]:
+    """The changes recorded in config_history.jsonl beside a checkpoint, oldest first ([] without the file)."""
+    path = os.path.join(checkpoint_dir, HISTORY_NAME)
+    changes = []
+    for number, line in enumerate((_read_text(path) or "").splitlines(), 1):
+        try:
+            change = json.loads(line)
+            changes.append({"step": change["step"], "key": change["key"], "old": change["old"],
+                            "new": change["new"]})
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: line {number} is not a recorded change ({first_line(e)})") from None
+    return changes
 
 
 def config_beside(checkpoint_dir: str) -> HiFiGANConfig:
-    """The config.json written beside a checkpoint."""
+    """The config of a checkpoint: the config.json written beside it, with config_history.jsonl's changes."""
     path = os.path.join(checkpoint_dir, CONFIG_NAME)
+    text = _read_text(path)
+    if text is None:
+        raise CheckpointError(f"{path}: not found (pass the config explicitly)")
     try:
-        with tf.io.gfile.GFile(path, "r") as f:
-            return config_from_dict(json.loads(f.read()))
-    except tf.errors.NotFoundError:
-        raise CheckpointError(f"{path}: not found (pass the config explicitly)") from None
+        raw = json.loads(text)
+        for change in config_history(checkpoint_dir) if isinstance(raw, dict) else ():
+            raw[change["key"]] = change["new"]
+        return config_from_dict(raw)
     except (json.JSONDecodeError, ConfigError) as e:
         raise CheckpointError(f"{path}: {e}") from None
 
@@ -105,13 +215,24 @@ GENERATOR_KEYS = ("num_mels", "resblock", "upsample_rates", "upsample_kernel_siz
                   "resblock_kernel_sizes", "resblock_dilation_sizes")
 
 
+DISCRIMINATOR_KEYS = ("mpd_periods", "discriminator_channel_divisor")
+
+
+def flat_values(cfg: HiFiGANConfig) -> dict:
+    """Every config key's resolved value (defaults filled in), by the original's flat key, as JSON values (tuples
+    as lists)."""
+    values = {}
+    for section in (cfg.audio, cfg.generator, cfg.loss, cfg.optimizer, cfg.training):
+        values.update(dataclasses.asdict(section))
+    values.update(mpd_periods=cfg.discriminator.mpd_periods,
+                  discriminator_channel_divisor=cfg.discriminator.channel_divisor)
+    return json.loads(json.dumps(values))
+
+
 def _model_values(cfg: HiFiGANConfig, discriminators: bool) -> dict:
     """The model's config values by flat key (the discriminators' too if ``discriminators``)."""
-    values = {key: getattr(cfg.generator, key) for key in GENERATOR_KEYS}
-    if discriminators:
-        values.update(mpd_periods=cfg.discriminator.mpd_periods,
-                      discriminator_channel_divisor=cfg.discriminator.channel_divisor)
-    return values
+    values = flat_values(cfg)
+    return {key: values[key] for key in GENERATOR_KEYS + (DISCRIMINATOR_KEYS if discriminators else ())}
 
 
 def model_mismatch(checkpoint_dir: str, cfg: HiFiGANConfig, discriminators: bool = True) -> str | None:
@@ -125,9 +246,38 @@ def model_mismatch(checkpoint_dir: str, cfg: HiFiGANConfig, discriminators: bool
     keys = [key for key in ours if ours[key] != theirs[key]]
     if not keys:
         return None
-    key = keys[0]  # values through json.dumps: tuples as JSON lists, the config file's spelling
-    why = f"{key} is {json.dumps(theirs[key])} in the checkpoint's config.json, {json.dumps(ours[key])} here"
+    why = describe_changes([(keys[0], theirs[keys[0]], ours[keys[0]])])
     return why + (f"; {', '.join(keys[1:])} {'differ' if keys[2:] else 'differs'} too" if keys[1:] else "")
+
+
+def setting_changes(checkpoint_dir: str, cfg: HiFiGANConfig) -> list[tuple[str, object, object]]:
+    """(key, the checkpoint's value, ``cfg``'s) for each training setting (any key but the model's, which
+    :func:`restore` refuses) in which ``cfg`` differs from the checkpoint's config; [] without a config.json."""
+    if _read_text(os.path.join(checkpoint_dir, CONFIG_NAME)) is None:
+        return []
+    ours, theirs = flat_values(cfg), flat_values(config_beside(checkpoint_dir))
+    model = set(GENERATOR_KEYS + DISCRIMINATOR_KEYS)
+    return [(key, theirs[key], ours[key]) for key in sorted(ours) if key not in model and ours[key] != theirs[key]]
+
+
+def describe_changes(changes, source: str = CONFIG_NAME) -> str:
+    """"batch_size is 16 in the checkpoint's config.json, 32 here; ..." (values as the config file spells them);
+    ``source`` names where the checkpoint's values are read."""
+    return "; ".join(f"{key} is {json.dumps(old)} in the checkpoint's {source}, {json.dumps(new)} here"
+                     for key, old, new in changes)
+
+
+def config_source(checkpoint_dir: str) -> str:
+    """Where the config of a checkpoint is read: config.json, and config_history.jsonl if changes were recorded."""
+    history = tf.io.gfile.exists(os.path.join(checkpoint_dir, HISTORY_NAME))
+    return f"{CONFIG_NAME} + {HISTORY_NAME}" if history else CONFIG_NAME
+
+
+def record_changes(checkpoint_dir: str, step: int, changes) -> None:
+    """Appends ``changes`` (from :func:`setting_changes`) at ``step`` to config_history.jsonl; config.json stays."""
+    lines = [json.dumps(change) for change in config_history(checkpoint_dir)]
+    lines += [json.dumps({"step": step, "key": key, "old": old, "new": new}) for key, old, new in changes]
+    write_whole(os.path.join(checkpoint_dir, HISTORY_NAME), "\n".join(lines) + "\n")
 
 
 def restore(checkpoint: tf.train.Checkpoint, prefix: str, cfg: HiFiGANConfig, discriminators: bool = True,
@@ -157,7 +307,7 @@ def restore(checkpoint: tf.train.Checkpoint, prefix: str, cfg: HiFiGANConfig, di
     if other_model:
         raise CheckpointError(f"{checkpoint_dir}: checkpoint {name} is of another model ({reason}); use the config "
                               f"it was trained with")
-    raise CheckpointError(f"{checkpoint_dir}: checkpoint {name} is incomplete or corrupt ({reason})")
+    raise corrupt_error(prefix, reason)
 
 
 def restore_generator(checkpoint_dir: str, cfg: HiFiGANConfig | None = None, fold_weight_norm: bool = True):
@@ -191,9 +341,7 @@ def _top_level_objects(checkpoint_prefix: str) -> set[str]:
         graph = trackable_object_graph_pb2.TrackableObjectGraph()
         graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
     except (tf.errors.OpError, ValueError, IndexError, DecodeError) as e:
-        raise CheckpointError(f"{os.path.dirname(checkpoint_prefix) or '.'}: checkpoint "
-                              f"{os.path.basename(checkpoint_prefix)} is incomplete or corrupt "
-                              f"({first_line(e, innermost=False, max_chars=200)})") from None
+        raise corrupt_error(checkpoint_prefix, first_line(e, innermost=False, max_chars=200)) from None
     return {child.local_name for child in graph.nodes[0].children} if graph.nodes else set()
 
 

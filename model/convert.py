@@ -19,7 +19,7 @@ from model.checkpoint import CHECKPOINT_NAME, write_json_beside
 from model.torch_checkpoint import TorchCheckpointError, load_torch_file, state_dict
 from core.config import HiFiGANConfig
 from core.errors import UserError
-from core.storage import TF_IO, check_writable
+from core.storage import TF_IO, check_writable, existing_output
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def convert(cfg: HiFiGANConfig, generator_path: str, output_dir: str, discrimina
     nothing behind. ``output_dir`` must not exist or be empty.
     """
     output_dir = os.path.abspath(output_dir)
-    if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
+    if existing_output(output_dir):
         raise ConversionError(f"{output_dir}: exists and is not an empty directory")
     parent = check_writable(os.path.dirname(output_dir), "output directory's parent", io=TF_IO)
     objects = build_models(cfg, generator_path, discriminator_path)

@@ -9,21 +9,26 @@ same epoch and skips the batches it already consumed, which makes N steps + M st
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
 import os
 import re
 from typing import Iterable, Iterator
 
+import google_crc32c
 import tensorflow as tf
 
 from core.config import HiFiGANConfig
 from core.errors import UserError
-from core.manifest import MANIFEST_NAME, Manifest
+from core.manifest import MANIFEST_NAME, Manifest, ShardFile
 from core.records import parse, parse_and_crop
 from core.storage import TF_IO, first_line, read_bytes
 
 # Shards read at once, and the bounded shuffle buffer (in clips) behind them.
 CYCLE_LENGTH = 4
 SHUFFLE_BUFFER = 256
+VERIFY_THREADS = 8  # shards checksummed at once (google_crc32c and tf.io.gfile reads release the GIL)
+VERIFY_CHUNK = 16 * 2**20
 
 
 class DataError(UserError):
@@ -60,6 +65,43 @@ def check_shards_exist(data_dir: str, manifest: Manifest) -> None:
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DataError(f"{data_dir}: shard {missing[0]}{more} listed in {MANIFEST_NAME} does not exist")
+
+
+def verify_shards(data_dir: str, manifest: Manifest) -> None:
+    """DataError (one line naming the first bad shard) unless every shard the manifest lists exists with the
+    size and CRC-32C the job recorded: the trainer never reads a shard the manifest did not commit.
+
+    A manifest written before sizes and checksums were recorded lists bare names: its shards are only checked to
+    exist, with one warning.
+    """
+    check_shards_exist(data_dir, manifest)
+    listed = {name: split.shard_files.get(name) for split in manifest.splits.values() for name in split.shards}
+    unverified = sorted(name for name, file in listed.items() if file is None)
+    if unverified:
+        logging.warning("%s: %s records no size or checksum for %d shards (written by an older run_preprocess.py); "
+                        "they are read unverified", data_dir, MANIFEST_NAME, len(unverified))
+    expected = sorted((name, file) for name, file in listed.items() if file is not None)
+    with concurrent.futures.ThreadPoolExecutor(VERIFY_THREADS) as pool:
+        problems = [p for p in pool.map(lambda item: _shard_problem(data_dir, *item), expected) if p]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DataError(f"{data_dir}: shard {problems[0]}{more}; run run_preprocess.py again")
+
+
+def _shard_problem(data_dir: str, name: str, expected: ShardFile) -> str | None:
+    """None if shard ``name`` has the size and CRC-32C the manifest recorded; else what differs."""
+    path = os.path.join(data_dir, name)
+    num_bytes = tf.io.gfile.stat(path).length
+    if num_bytes != expected.num_bytes:
+        return f"{name} is {num_bytes} bytes, but {MANIFEST_NAME} recorded {expected.num_bytes}"
+    crc = google_crc32c.Checksum()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while chunk := f.read(VERIFY_CHUNK):
+            crc.update(chunk)
+    crc32c = crc.hexdigest().decode("ascii")
+    if crc32c != expected.crc32c:
+        return f"{name} has CRC-32C {crc32c}, but {MANIFEST_NAME} recorded {expected.crc32c}"
+    return None
 
 
 def checked_read(dataset: Iterable, data_dir: str, manifest: Manifest) -> Iterator:

@@ -1,12 +1,16 @@
-"""Exporting a generator for serving: a TensorFlow SavedModel and TFLite flatbuffers (float32, float16 weights,
-dynamic-range int8 weights), each taking mel [batch, frames, num_mels] of any length and returning
-audio [batch, frames * hop_size]. Every export is run against the Keras model on a test input.
+"""Exporting a generator for serving: a TensorFlow SavedModel, TFLite flatbuffers (float32, float16 weights,
+dynamic-range int8 weights) and ONNX, each taking mel [batch, frames, num_mels] of any length and returning
+audio [batch, frames * hop_size]. Every export is run against the Keras model on a test input before it takes
+its name; an existing output is refused unless ``overwrite`` is given, and then replaced only once the new one
+passed its check.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import uuid
 import warnings
 
 import numpy as np
@@ -15,17 +19,25 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from core.config import HiFiGANConfig
 from core.errors import UserError
-from core.storage import TF_IO, check_writable
+from core.storage import TF_IO, check_writable, existing_output, exists, first_line, is_uri, join
 
 log = logging.getLogger(__name__)
 
+FORMATS = ("saved_model", "tflite", "onnx")
 TFLITE_QUANTIZATIONS = ("float32", "float16", "dynamic_range")
+ONNX_OPSET = 17  # tf2onnx 1.17 writes up to 18; every onnxruntime our requirements allow runs 17
 SIGNATURE_KEY = "serving_default"
 INPUT_NAME, OUTPUT_NAME = "mel", "audio"
 
 
 class ExportError(UserError):
     """An export that failed or does not match the Keras model; one line."""
+
+
+class ExportWriteError(ExportError):
+    """An export that could not be written (full disk, I/O or bucket error); the path keeps what it held."""
+
+    exit_status = 1
 
 
 class _Serving(tf.Module):
@@ -86,6 +98,51 @@ def tflite_bytes(generator, cfg: HiFiGANConfig, quantization: str) -> bytes:
     return converter.convert()
 
 
+def onnx_bytes(generator, cfg: HiFiGANConfig) -> bytes:
+    """An ONNX model (opset ONNX_OPSET) of the generator, converted by tf2onnx: input 'mel' [batch, frames,
+    num_mels], output 'audio' [batch, frames * hop_size], batch and length dynamic."""
+    try:
+        import tf2onnx
+    except ImportError as e:
+        raise ExportError(f"--format onnx needs tf2onnx and onnxruntime (pip install -r requirements.txt): "
+                          f"{first_line(e, with_type=False)}") from None
+    _prepare(generator)
+    module = _Serving(generator, cfg.audio.num_mels)
+    quiet = logging.getLogger("tf2onnx")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # tf2onnx logs each of its passes at INFO
+    try:
+        model, _ = tf2onnx.convert.from_function(module.serve, input_signature=module.serve.input_signature,
+                                                 opset=ONNX_OPSET)
+    finally:
+        quiet.setLevel(level)
+    _explicit_same_pads(model.graph)
+    return model.SerializeToString()
+
+
+def _explicit_same_pads(graph) -> None:
+    """Writes a stride-1 Conv's auto_pad SAME_UPPER / SAME_LOWER out as explicit ``pads``.
+
+    NOTE: tf2onnx maps TensorFlow's "SAME" padding to auto_pad, and onnxruntime refuses auto_pad with dilations
+    ("Dilation not supported for AutoPadType::SAME_UPPER"); the folded generator runs its dilated convolutions
+    with "SAME" (model/convs.py). At stride 1 the padding is d (k - 1) per axis, the odd one after (UPPER) or
+    before (LOWER). Strided convolutions keep auto_pad (their pads depend on the length; none is dilated here).
+    """
+    from onnx import helper
+
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "Conv" or attrs.get("auto_pad") not in (b"SAME_UPPER", b"SAME_LOWER") \
+                or any(stride != 1 for stride in attrs.get("strides", [])):
+            continue
+        kernel = attrs["kernel_shape"]
+        total = [d * (k - 1) for k, d in zip(kernel, attrs.get("dilations", [1] * len(kernel)))]
+        before = [t // 2 if attrs["auto_pad"] == b"SAME_UPPER" else t - t // 2 for t in total]
+        kept = [a for a in node.attribute if a.name not in ("auto_pad", "pads")]
+        del node.attribute[:]
+        node.attribute.extend([*kept, helper.make_attribute("pads", before + [t - b for t, b in zip(total, before)])])
+
+
 class TFLiteVocoder:
     """Runs an exported .tflite on mel [batch, frames, num_mels] -> audio [batch, samples], resizing its input."""
 
@@ -121,56 +178,155 @@ def _max_abs_diff(name: str, ours: np.ndarray, expected: np.ndarray) -> float:
     return diff
 
 
-def check_saved_model(path: str, generator, cfg: HiFiGANConfig) -> float:
-    """Max |SavedModel - Keras| on test inputs (two lengths, batch 2)."""
+def check_saved_model(path: str, generator, cfg: HiFiGANConfig, name: str | None = None) -> float:
+    """Max |SavedModel - Keras| on test inputs (two lengths, batch 2); errors name ``name`` (default ``path``)."""
     loaded = tf.saved_model.load(path).signatures[SIGNATURE_KEY]
     worst = 0.0
     for frames in (37, 64):
         x = example_mel(cfg, frames, batch=2)
         expected = generator(x, training=False).numpy()[..., 0]
-        worst = max(worst, _max_abs_diff(path, loaded(**{INPUT_NAME: tf.constant(x)})[OUTPUT_NAME].numpy(),
-                                         expected))
+        worst = max(worst, _max_abs_diff(name or path,
+                                         loaded(**{INPUT_NAME: tf.constant(x)})[OUTPUT_NAME].numpy(), expected))
     return worst
 
 
-def check_tflite(path: str, generator, cfg: HiFiGANConfig) -> float:
+def check_tflite(path: str, generator, cfg: HiFiGANConfig, name: str | None = None) -> float:
     """Max |TFLite - Keras| on test inputs of two lengths (the second one exercises resize_tensor_input)."""
     runner = TFLiteVocoder(path)
     worst = 0.0
     for frames in (37, 64):
         x = example_mel(cfg, frames, batch=1, seed=frames)
-        worst = max(worst, _max_abs_diff(path, runner(x), generator(x, training=False).numpy()[..., 0]))
+        worst = max(worst, _max_abs_diff(name or path, runner(x), generator(x, training=False).numpy()[..., 0]))
     return worst
 
 
-def export(generator, cfg: HiFiGANConfig, fmt: str, output: str,
-           quantizations: tuple[str, ...] = TFLITE_QUANTIZATIONS) -> dict[str, float]:
-    """Exports to ``output`` and checks it; returns {written path: max abs difference to the Keras model}.
+def check_onnx(path: str, generator, cfg: HiFiGANConfig, name: str | None = None) -> float:
+    """Max |onnxruntime - Keras| on test inputs of two lengths and batch sizes (one session: dynamic axes)."""
+    try:
+        import onnxruntime
 
-    ``fmt`` "saved_model": ``output`` is the SavedModel directory. "tflite": with one quantization, ``output`` is
-    the .tflite path; with several, a directory receiving generator_<quantization>.tflite for each.
-    """
-    if fmt not in ("saved_model", "tflite"):
-        raise ExportError(f"--format: {fmt!r} is not saved_model or tflite")
-    one_file = fmt == "tflite" and len(quantizations) == 1
-    if one_file and os.path.isdir(output):
-        raise ExportError(f"{output}: a directory; with one --tflite_quantization, --output is the .tflite file")
-    if fmt == "tflite" and not one_file and output.lower().endswith(".tflite"):
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        worst = 0.0
+        for frames, batch in ((37, 1), (64, 2)):
+            x = example_mel(cfg, frames, batch=batch, seed=frames)
+            ours = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+            worst = max(worst, _max_abs_diff(name or path, ours, generator(x, training=False).numpy()[..., 0]))
+    except ImportError as e:
+        raise ExportError(f"checking {name or path} needs onnxruntime (pip install -r requirements.txt): "
+                          f"{first_line(e, with_type=False)}") from None
+    except ExportError:
+        raise
+    except Exception as e:  # onnxruntime's own errors (InvalidArgument, Fail, ...): what it cannot run
+        raise ExportError(f"{name or path}: onnxruntime cannot run it: {first_line(e)}") from None
+    return worst
+
+
+def _targets(fmt: str, output: str, quantizations: tuple[str, ...]) -> dict[str, str]:
+    """{path to write: what goes there (saved_model, onnx, or a TFLite quantization)}; ExportError for an
+    ``output`` that does not fit the format."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt == "saved_model":
+        return {output: fmt}
+    if fmt == "onnx" or len(quantizations) == 1:
+        if os.path.isdir(output):
+            raise ExportError(f"{output}: a directory; --output is the .onnx file" if fmt == "onnx" else
+                              f"{output}: a directory; with one --tflite_quantization, --output is the .tflite file")
+        return {output: fmt if fmt == "onnx" else quantizations[0]}
+    if output.lower().endswith(".tflite"):
         raise ExportError(f"{output}: a .tflite name for {len(quantizations)} flavours; give --tflite_quantization "
                           f"(one of {', '.join(quantizations)}) or a directory")
-    check_writable(os.path.dirname(os.path.abspath(output)) if one_file else output, "export directory", io=TF_IO)
-    _prepare(generator)
-    results = {}
-    if fmt == "saved_model":
-        export_saved_model(generator, cfg, output)
-        results[output] = check_saved_model(output, generator, cfg)
+    return {os.path.join(output, f"generator_{q}.tflite"): q for q in quantizations}
+
+
+def _refuse_existing(targets: dict[str, str], overwrite: bool) -> None:
+    """ExportError (one line) for the first target that exists, unless ``overwrite``; even then, only a file is
+    replaced by a file and a SavedModel by a SavedModel (never a directory of other things)."""
+    for path, flavour in targets.items():
+        found = existing_output(path, io=TF_IO)
+        if found is None:
+            continue
+        if not overwrite:
+            raise ExportError(f"{path}: exists ({found}); --overwrite replaces it")
+        if flavour == "saved_model" and not exists(join(path, "saved_model.pb", io=TF_IO), io=TF_IO):
+            raise ExportError(f"{path}: exists ({found}) and is not a SavedModel; --overwrite replaces only one")
+        if flavour != "saved_model" and not os.path.isfile(path):
+            raise ExportError(f"{path}: exists ({found}) and is not a file; --overwrite replaces only a file")
+
+
+def _staged(path: str, kind: str = "tmp") -> str:
+    """A new hidden name beside ``path`` (``.<name>.<kind>-<hex>``), where its export is written and checked
+    before it takes ``path``'s name. A URI is written in place (object stores have no directory renames)."""
+    if is_uri(path):
+        return path
+    path = os.path.abspath(path)
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{kind}-{uuid.uuid4().hex}")
+
+
+def _commit(staged: str, path: str) -> None:
+    """Gives ``staged`` the name ``path``; a directory there (a SavedModel that --overwrite replaces, or an empty
+    one) is moved aside first and removed after."""
+    if staged == path:
+        return
+    if os.path.isdir(path):
+        old = _staged(path, "old")
+        os.rename(path, old)
+        os.rename(staged, path)
+        shutil.rmtree(old, ignore_errors=True)
     else:
-        for quantization in quantizations:
-            path = output if one_file else os.path.join(output, f"generator_{quantization}.tflite")
-            model = tflite_bytes(generator, cfg, quantization)
-            with open(path, "wb") as f:
+        os.replace(staged, path)
+
+
+def _write_checked(generator, cfg: HiFiGANConfig, flavour: str, path: str) -> float:
+    """Writes one export under a staged name, checks it against the Keras model, then renames it to ``path``;
+    returns the largest difference. A failure (or Ctrl-C) leaves ``path`` as it was and removes the staged one."""
+    staged = _staged(path)
+    try:
+        if flavour == "saved_model":
+            export_saved_model(generator, cfg, staged)
+            diff = check_saved_model(staged, generator, cfg, name=path)
+        else:
+            model = onnx_bytes(generator, cfg) if flavour == "onnx" else tflite_bytes(generator, cfg, flavour)
+            with open(staged, "wb") as f:
                 f.write(model)
-            results[path] = check_tflite(path, generator, cfg)
+            check = check_onnx if flavour == "onnx" else check_tflite
+            diff = check(staged, generator, cfg, name=path)
+        _commit(staged, path)
+    except BaseException as e:
+        if staged != path and os.path.isdir(staged):
+            shutil.rmtree(staged, ignore_errors=True)
+        elif staged != path and os.path.lexists(staged):
+            os.remove(staged)
+        if isinstance(e, (OSError, tf.errors.OpError)):
+            raise ExportWriteError(str(TF_IO.write_error(path, "export", e))) from None
+        raise
+    return diff
+
+
+def plan(fmt: str, output: str, quantizations: tuple[str, ...] = TFLITE_QUANTIZATIONS,
+         overwrite: bool = False) -> dict[str, str]:
+    """{path: what is written there} once the outputs fit the format, may be written (not existing, or
+    ``overwrite``) and their directory is writable; otherwise ExportError / OutputError, one line, before any
+    work (run_export.py calls it before it loads the checkpoint)."""
+    targets = _targets(fmt, output, quantizations)
+    _refuse_existing(targets, overwrite)
+    where = output if len(targets) > 1 or is_uri(output) else os.path.dirname(os.path.abspath(output))
+    check_writable(where, "export directory", io=TF_IO)
+    return targets
+
+
+def export(generator, cfg: HiFiGANConfig, fmt: str, output: str,
+           quantizations: tuple[str, ...] = TFLITE_QUANTIZATIONS, overwrite: bool = False) -> dict[str, float]:
+    """Exports to ``output`` and checks it; returns {written path: max abs difference to the Keras model}.
+
+    ``fmt`` "saved_model": ``output`` is the SavedModel directory. "onnx": the .onnx file. "tflite": with one
+    quantization, ``output`` is the .tflite path; with several, a directory receiving
+    generator_<quantization>.tflite for each. An output that exists (a file, a non-empty directory) is refused
+    unless ``overwrite``; each export is written under a hidden name beside its path and renamed once checked.
+    """
+    targets = plan(fmt, output, quantizations, overwrite)
+    _prepare(generator)
+    results = {path: _write_checked(generator, cfg, flavour, path) for path, flavour in targets.items()}
     for path, diff in results.items():
         log.info("%s: max |export - keras| = %.3g", path, diff)
     return results

@@ -14,13 +14,14 @@ import dataclasses
 import logging
 import math
 import os
+import uuid
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from core.audio import AUDIO_EXTENSIONS, AudioError, load_audio, write_wav
+from core.audio import AUDIO_EXTENSIONS, AudioError, load_audio, write_wav, written_by
 from core.config import LOG_FLOOR_VALUE, GeneratorConfig, HiFiGANConfig
 from core.errors import UserError
 from core.filelist import FilelistError, input_name, listed_paths
@@ -31,10 +32,19 @@ from core.storage import TF_IO, check_writable, first_line, read_bytes
 log = logging.getLogger(__name__)
 
 OUTPUT_SUFFIX = "_generated.wav"
+# Written into every output's WAV INFO chunk (ISFT): how a rerun tells its own earlier outputs from a user's files.
+OUTPUT_SOFTWARE = "hifigan-tf run_inference.py"
 
 
 class InputError(UserError):
     """An input file that cannot be vocoded; the message says why (one line)."""
+
+
+class OutputWriteError(UserError):
+    """An output that could not be written (full disk, I/O error): one line naming it; the run stops (exit status
+    1), the outputs written before it stay and it leaves nothing behind."""
+
+    exit_status = 1
 
 
 def receptive_field_frames(cfg: GeneratorConfig) -> int:
@@ -237,12 +247,86 @@ def _list_inputs(directory: str, extensions: tuple[str, ...], filelist: str | No
     return paths, failed
 
 
+def earlier_output(path: str, output_dir: str) -> bool:
+    """Whether ``path`` is a file an earlier run wrote into ``output_dir``: it lies there, its name ends in
+    OUTPUT_SUFFIX, and its WAV INFO chunk names OUTPUT_SOFTWARE (a user's own ``x_generated.wav``, e.g. the
+    original's output, has not got it)."""
+    return (os.path.basename(path).endswith(OUTPUT_SUFFIX)
+            and os.path.realpath(os.path.dirname(path)) == os.path.realpath(output_dir)
+            and written_by(path).startswith(OUTPUT_SOFTWARE))
+
+
+def _check_output(out: str, inputs: set[str], output_dir: str) -> None:
+    """InputError unless ``out`` may be written: never over an input, nor over a file this tool did not write."""
+    if os.path.realpath(out) in inputs:
+        raise InputError(f"its output {out} is an input; not overwritten, not vocoded")
+    if os.path.lexists(out) and not earlier_output(out, output_dir):
+        raise InputError(f"its output {out} exists and was not written by run_inference.py; not overwritten, "
+                         f"not vocoded")
+
+
+def _read_inputs(paths: list[str], output_dir: str, cfg: HiFiGANConfig, from_audio: bool,
+                 failed: list[tuple[str, str]]) -> dict[str, np.ndarray]:
+    """{input path: mel} of the inputs that read and whose output may be written; the others are logged and
+    added to ``failed``."""
+    extractor = MelExtractor(cfg.audio) if from_audio else None
+    inputs = {os.path.realpath(p) for p in paths}
+    mels, outputs = {}, {}
+    for path in tqdm(paths, desc="reading", unit="file", disable=len(paths) < 20):
+        try:
+            out = output_path(output_dir, path)
+            if out in outputs:  # "a.flac" and "a.ogg": one output name
+                raise InputError(f"same output {os.path.basename(out)} as {outputs[out]}; not vocoded")
+            outputs[out] = path
+            _check_output(out, inputs, output_dir)
+            if os.path.isdir(path):
+                raise InputError("is a directory")
+            if not os.path.isfile(path):
+                raise InputError("not found")
+            mels[path] = mel_from_audio_file(path, extractor) if extractor is not None else \
+                mel_from_npy_file(path, cfg.audio.num_mels)
+        except InputError as e:
+            log.error("%s: %s", path, e)
+            failed.append((path, str(e)))
+    return mels
+
+
+def _length_groups(mels: dict[str, np.ndarray], group_frames: int) -> list[list[str]]:
+    """The paths sorted by length, in groups of about ``group_frames`` frames."""
+    groups, current, size = [], [], 0
+    for path in sorted(mels, key=lambda p: mels[p].shape[0]):
+        if current and size + mels[path].shape[0] > group_frames:
+            groups.append(current)
+            current, size = [], 0
+        current.append(path)
+        size += mels[path].shape[0]
+    return groups + [current] if current else groups
+
+
+def _write_output(out: str, audio: np.ndarray, sampling_rate: int) -> None:
+    """Writes under a hidden name beside ``out``, then renames: a killed run never leaves a truncated output."""
+    staged = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.tmp-{uuid.uuid4().hex}")
+    try:
+        write_wav(staged, audio, sampling_rate, software=OUTPUT_SOFTWARE)
+        os.replace(staged, out)
+    except BaseException as e:
+        if os.path.lexists(staged):
+            os.remove(staged)
+        if isinstance(e, (OSError, RuntimeError)):  # soundfile's errors are RuntimeErrors
+            raise OutputWriteError(str(TF_IO.write_error(out, "output file", e))) from None
+        raise
+
+
 def vocode_files(vocoder: Vocoder, cfg: HiFiGANConfig, output_dir: str, input_wavs_dir: str | None = None,
                  input_mels_dir: str | None = None, filelist: str | None = None,
                  group_frames: int = 200_000) -> InferenceResult:
     """Vocodes every audio file of ``input_wavs_dir`` (copy synthesis) or every .npy of ``input_mels_dir`` (or
     only those ``filelist`` names) into ``output_dir/<stem>_generated.wav``. Bad or missing files are logged
     with their reason and skipped.
+
+    User files are never overwritten: an output that would replace an input, or a file this tool did not write
+    (:func:`earlier_output`), is refused for that input alone. Files an earlier run wrote into ``output_dir``
+    are not inputs of a directory listing (a rerun into the input directory does not vocode its own outputs).
 
     Inputs are read first (mels are ~1/3 of the audio's size), sorted by length and vocoded in groups of about
     ``group_frames`` frames, each group written before the next starts.
@@ -254,37 +338,18 @@ def vocode_files(vocoder: Vocoder, cfg: HiFiGANConfig, output_dir: str, input_wa
     for source, why in failed:
         log.error("%s: %s", source, why)
     check_writable(output_dir, "output directory", io=TF_IO)
-    extractor = MelExtractor(cfg.audio) if input_wavs_dir else None
-    mels, outputs = {}, {}
-    for path in tqdm(paths, desc="reading", unit="file", disable=len(paths) < 20):
-        try:
-            out = output_path(output_dir, path)
-            if out in outputs:  # "a.flac" and "a.ogg": one output name
-                raise InputError(f"same output {os.path.basename(out)} as {outputs[out]}; not vocoded")
-            outputs[out] = path
-            if os.path.isdir(path):
-                raise InputError("is a directory")
-            if not os.path.isfile(path):
-                raise InputError("not found")
-            mels[path] = mel_from_audio_file(path, extractor) if extractor is not None else \
-                mel_from_npy_file(path, cfg.audio.num_mels)
-        except InputError as e:
-            log.error("%s: %s", path, e)
-            failed.append((path, str(e)))
-    order = sorted(mels, key=lambda p: mels[p].shape[0])
-    groups, current, size = [], [], 0
-    for path in order:
-        if current and size + mels[path].shape[0] > group_frames:
-            groups.append(current)
-            current, size = [], 0
-        current.append(path)
-        size += mels[path].shape[0]
-    if current:
-        groups.append(current)
+    if filelist is None:  # a filelist names its inputs; a listing skips what an earlier run wrote
+        ours = {p for p in paths if earlier_output(p, output_dir)}
+        if ours:
+            log.info("%s: %d *%s file(s) an earlier run wrote, not vocoded again", output_dir, len(ours),
+                     OUTPUT_SUFFIX)
+            paths = [p for p in paths if p not in ours]
+    mels = _read_inputs(paths, output_dir, cfg, input_wavs_dir is not None, failed)
+    groups = _length_groups(mels, group_frames)
     written = []
     for group in tqdm(groups, desc="vocoding", unit="group", disable=len(groups) < 2):
         for path, audio in zip(group, vocoder([mels[p] for p in group], progress=len(groups) < 2)):
             out = output_path(output_dir, path)
-            write_wav(out, audio, cfg.audio.sampling_rate)
+            _write_output(out, audio, cfg.audio.sampling_rate)
             written.append(out)
     return InferenceResult(written=written, failed=failed)

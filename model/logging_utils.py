@@ -1,13 +1,17 @@
-"""What the trainer reports: the original's stdout line, TensorBoard scalars, audio and mel images, and the
+"""What the trainer reports: one progress bar for the run with the original's stdout lines above it, TensorBoard
+scalars (losses, learning rate, step rate), the resolved config as text, audio and mel images, and the
 multi-resolution STFT distance used at validation."""
 
 from __future__ import annotations
 
 import io
 import logging
+import sys
+import time
 
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
 logger = logging.getLogger("hifigan.train")
 
@@ -19,6 +23,57 @@ def stdout_line(step: int, gen_loss_total: float, mel_error: float, seconds_per_
     """The original's progress line."""
     return (f"Steps : {step:d}, Gen Loss Total : {gen_loss_total:4.3f}, Mel-Spec. Error : {mel_error:4.3f}, "
             f"s/b : {seconds_per_batch:4.3f}")
+
+
+class RunConsole:
+    """What a training run shows: one tqdm bar over all its steps on stderr (ETA, steps/s, the epoch, the last
+    generator loss and mel error), and the lines above it on stdout (the original's ``Steps : ...`` lines,
+    validation results). Nothing unless ``show`` (the chief); no bar unless ``bar`` too. The bar starts with the
+    first epoch (below the lines logged before it)."""
+
+    def __init__(self, total: int, initial: int, show: bool, bar: bool = True):
+        self.show = show
+        self.bar = tqdm(total=total, initial=min(initial, total), unit="step", dynamic_ncols=True, delay=1e9,
+                        disable=not (show and bar))  # drawn from the first epoch on (see epoch())
+
+    def epoch(self, epoch: int) -> None:
+        self.bar.delay = 0
+        self.bar.set_description(f"epoch {epoch}")
+
+    def step(self, values: dict) -> None:
+        self.bar.set_postfix_str(f"gen {values['gen_loss_total']:.3f}, mel {values['mel_spec_error']:.3f}",
+                                 refresh=False)
+        self.bar.update(1)
+
+    def line(self, text: str) -> None:
+        """``text`` on stdout, above the bar."""
+        if self.show:
+            tqdm.write(text, file=sys.stdout)
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class StepRate:
+    """Steps per second from one call to the next (steps, validation and saves included); none at the first."""
+
+    def __init__(self):
+        self.last: tuple[int, float] | None = None
+
+    def __call__(self, step: int) -> dict:
+        now, last = time.monotonic(), self.last
+        self.last = (step, now)
+        if last is None or step <= last[0]:
+            return {}
+        return {"steps_per_second": (step - last[0]) / max(now - last[1], 1e-9)}
+
+
+def write_config(writer, sections: dict[str, str]) -> None:
+    """Texts at step 0 (the resolved config, the run's options), as Markdown code blocks."""
+    with writer.as_default(step=0):
+        for name, text in sections.items():
+            tf.summary.text(name, "\n".join("    " + line for line in text.splitlines()))
 
 
 def multi_resolution_stft_distance(y: tf.Tensor, y_hat: tf.Tensor) -> tf.Tensor:

@@ -34,6 +34,10 @@ class TrainOptions:
                                               "--keep_schedule)")
     keep_schedule: bool = option(False, help="with --init_from: also keep its step, epoch (learning rate) and "
                                              "optimiser states")
+    allow_config_change: bool = option(False, help="resume although a training setting (batch_size, learning_rate, "
+                                                   "segment_size, loss weights, ...) differs from the checkpoint's "
+                                                   "config: each change is logged and appended to "
+                                                   "config_history.jsonl beside it (config.json is kept)")
     seed: int | None = option(None, help="data order and crop seed (default: the config's)")
     max_to_keep: int = option(5, help="checkpoints kept")
     jit_compile: bool = option(False, help="compile the train step with XLA")

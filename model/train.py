@@ -7,23 +7,24 @@ this module is the loop over epochs and steps, with one small hook per interval 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import math
 import os
 import signal
 import time
 
 import tensorflow as tf
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from core.config import HiFiGANConfig
 from model import checkpoint as ckpt_lib
 from model import data as data_lib
-from model.logging_utils import logger, stdout_line, write_scalars
+from model.logging_utils import RunConsole, StepRate, logger, stdout_line, write_config, write_scalars
 from model.options import TrainingError, TrainOptions
 from model.run_state import RunState, open_run_state
 from model.trainer import Trainer
-from model.validation import Validator
+from model.validation import Validator, result_line
 
 # Trainer, TrainingError and TrainOptions stay importable from here (run_train.py, benchmarks/bench_train.py).
 __all__ = ["Trainer", "TrainingError", "TrainOptions", "train"]
@@ -51,7 +52,7 @@ def _check_data(cfg: HiFiGANConfig, options: TrainOptions):
     if options.fine_tuning and not manifest.teacher_forced:
         raise TrainingError(f"{options.data_dir}: --fine_tuning needs teacher-forced shards (run_preprocess.py "
                             f"with teacher mels); these hold ground-truth mels")
-    data_lib.check_shards_exist(options.data_dir, manifest)
+    data_lib.verify_shards(options.data_dir, manifest)
     data_lib.steps_per_epoch(manifest, cfg.training.batch_size, options.data_dir)
     return manifest
 
@@ -79,8 +80,9 @@ def train(cfg: HiFiGANConfig, options: TrainOptions, strategy: tf.distribute.Str
     manifest = _check_data(cfg, options)
     seed = cfg.training.seed if options.seed is None else options.seed
     trainer = _trainer_for(cfg, options, strategy, trainer)
-    state = open_run_state(cfg, trainer, options)
-    _Loop(cfg, options, trainer, state, manifest, seed).run()
+    # SIGTERM is Ctrl-C from here on, final save included; the checkpoint directory is locked inside.
+    with _sigterm_as_interrupt(), open_run_state(cfg, trainer, options) as state:
+        _Loop(cfg, options, trainer, state, manifest, seed).run()
     return trainer
 
 
@@ -97,16 +99,24 @@ class _Loop:
                                    options.logged_clips) if self.chief and options.validation_interval > 0 else None
         self.steps_per_epoch = data_lib.steps_per_epoch(manifest, cfg.training.batch_size, options.data_dir)
         self.last = None  # the last step's losses
+        self.total_steps = options.training_epochs * self.steps_per_epoch
+        if options.training_steps is not None:
+            self.total_steps = min(self.total_steps, options.training_steps)
+        self.console = RunConsole(self.total_steps, int(trainer.step), self.chief, options.progress_bar)
+        self.step_rate = StepRate()
+        self.started = (int(trainer.step), time.monotonic())
 
     def run(self) -> None:
         """Raises TrainingError, DataError (no save) or KeyboardInterrupt (saved unless the last loss was not
         finite)."""
         trainer = self.trainer
         try:
-            with _sigterm_as_interrupt(), logging_redirect_tqdm():
+            with logging_redirect_tqdm():
+                self._report_start()
                 while int(trainer.epoch) < self.options.training_epochs and not self._done():
                     self._train_epoch()
             self.state.save()
+            self._report_end()
         except data_lib.DataError as e:
             # A shard that cannot be read: no save, the last checkpoint stays the newest.
             raise data_lib.DataError(f"{e}; stopped at step {int(trainer.step)}, the last checkpoint is kept "
@@ -117,6 +127,7 @@ class _Loop:
                 logger.info("interrupted: saved step %d to %s", int(trainer.step), self.options.checkpoint_path)
             raise
         finally:
+            self.console.close()
             if self.writer is not None:
                 self.writer.flush()
 
@@ -132,24 +143,24 @@ class _Loop:
         dataset = data_lib.distributed_train_dataset(trainer.strategy, options.data_dir, self.manifest, self.cfg,
                                                      self.seed, epoch, skip_steps=skip)
         start = time.time()
-        logger.info("Epoch: %d", epoch + 1)
-        bar = tqdm(total=spe, initial=skip, desc=f"epoch {epoch + 1}", unit="step", leave=False,
-                   disable=not (self.chief and options.progress_bar))
+        # NOTE: the original prints "Epoch: N" and the epoch's time at every epoch: hundreds of lines on a small
+        # corpus. The run's one bar shows the epoch; these lines are DEBUG.
+        logger.debug("Epoch: %d", epoch + 1)
+        self.console.epoch(epoch + 1)
         for batch in data_lib.checked_read(dataset, options.data_dir, self.manifest):
             if self._done():
                 break
             step_start = time.time()
             step, values = self._train_step(batch)
-            bar.update(1)
+            self.console.step(values)
             self._check_log_interval(step, values, step_start)
             self._check_save_interval(step)
             self._check_summary_interval(step, values, epoch)
             self._check_eval_interval(step)
-        bar.close()
         if int(trainer.step) >= (epoch + 1) * spe:
             trainer.set_epoch(epoch + 1)
             if self.chief:
-                logger.info("Time taken for epoch %d is %d sec", epoch + 1, int(time.time() - start))
+                logger.debug("Time taken for epoch %d is %d sec", epoch + 1, int(time.time() - start))
 
     def _train_step(self, batch) -> tuple[int, dict]:
         """One step; returns its number (before the step) and its losses. A non-finite loss stops the run."""
@@ -165,8 +176,8 @@ class _Loop:
 
     def _check_log_interval(self, step: int, values: dict, step_start: float) -> None:
         if self.chief and step % self.options.stdout_interval == 0:
-            logger.info(stdout_line(step, values["gen_loss_total"], values["mel_spec_error"],
-                                    time.time() - step_start))
+            self.console.line(stdout_line(step, values["gen_loss_total"], values["mel_spec_error"],
+                                          time.time() - step_start))
 
     def _check_save_interval(self, step: int) -> None:
         if (step + 1) % self.options.checkpoint_interval == 0:
@@ -174,11 +185,31 @@ class _Loop:
 
     def _check_summary_interval(self, step: int, values: dict, epoch: int) -> None:
         if self.chief and step % self.options.summary_interval == 0:
-            write_scalars(self.writer, {**values, "learning_rate": self.trainer.learning_rate_for(epoch)}, step,
-                          "training")
+            write_scalars(self.writer, {**values, "learning_rate": self.trainer.learning_rate_for(epoch),
+                                        **self.step_rate(step)}, step, "training")
 
     def _check_eval_interval(self, step: int) -> None:
         if self.validator is not None and step % self.options.validation_interval == 0:
-            result = self.validator.run(self.writer, step)
-            logger.info("validation at step %d: mel error %.3f, STFT distance %.3f", step,
-                        result["mel_spec_error"], result["stft_distance"])
+            self.console.line(result_line(step, self.validator.run(self.writer, step)))
+
+    def _report_start(self) -> None:
+        """Where the run stands and where its outputs go (a line), and the resolved config in TensorBoard."""
+        if not self.chief:
+            return
+        cfg, options, step = self.cfg, self.options, int(self.trainer.step)
+        logger.info("training %s from step %d to %d (%d steps per epoch, batch %d, %d Hz, %d mels); checkpoints, "
+                    "config.json and TensorBoard logs (logs/) in %s", options.data_dir, step, self.total_steps,
+                    self.steps_per_epoch, cfg.training.batch_size, cfg.audio.sampling_rate, cfg.audio.num_mels,
+                    options.checkpoint_path)
+        write_config(self.writer, {"config": cfg.to_json(),
+                                   "options": json.dumps(dataclasses.asdict(options), indent=2)})
+
+    def _report_end(self) -> None:
+        """The bar's last state, then a summary line."""
+        self.console.close()
+        if self.chief:
+            steps, seconds = int(self.trainer.step) - self.started[0], time.monotonic() - self.started[1]
+            logger.info("done: step %d, %d steps in %.0f s (%.2f steps/s); saved to %s; TensorBoard: "
+                        "tensorboard --logdir %s", int(self.trainer.step), steps, seconds,
+                        steps / max(seconds, 1e-9), self.options.checkpoint_path,
+                        os.path.join(self.options.checkpoint_path, "logs"))

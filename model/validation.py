@@ -51,3 +51,9 @@ class Validator:
         if writer is not None:
             write_scalars(writer, result, step, "validation")
         return result
+
+
+def result_line(step: int, result: dict) -> str:
+    """A validation's result in one line."""
+    return f"validation at step {step}: mel error {result['mel_spec_error']:.3f}, STFT distance " \
+           f"{result['stft_distance']:.3f}"

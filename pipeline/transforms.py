@@ -6,10 +6,10 @@ Two passes keep memory flat in corpus size (only small index entries are ever gr
    per-bundle spill file ``<output_dir>/_tmp/<uuid>.tfrecord``; it emits an :class:`IndexEntry` (where the record
    lies) or, for bad input, a rejection on a tagged output.
 2. The index entries of a split are grouped to choose its shard count, then per shard; ``WriteShard`` copies the
-   framed records (CRCs included) from the spill files, sorted by id, into ``<split>-SSSSS-of-NNNNN.tfrecord``
-   atomically.
-   ``WriteManifest``, the job's last step, checks ``lines = written + rejected`` per split, writes
-   ``manifest.json``, ``rejected.jsonl`` and ``config.json`` and deletes the spill files.
+   framed records (CRCs included) from the spill files, sorted by id, into a shard named by its content,
+   ``<split>-SSSSS-of-NNNNN-<hash>.tfrecord``, atomically.
+   ``WriteManifest``, the job's last step, checks ``lines = written + rejected`` per split and writes
+   ``rejected.jsonl`` and the pending manifest, which the launcher commits (see :mod:`pipeline.commit`).
 
 A clip's shard is ``crc32(id) mod num_shards`` and records are sorted by id inside a shard, so every runner
 writes byte-identical shards.
@@ -17,11 +17,9 @@ writes byte-identical shards.
 
 from __future__ import annotations
 
+import collections
 import json
-import logging
 import math
-import os
-import uuid
 import zlib
 from typing import Iterable, Mapping, NamedTuple
 
@@ -29,15 +27,16 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from core.config import CONFIG_NAME, AudioConfig, HiFiGANConfig
+from core.config import AudioConfig, HiFiGANConfig
 from core.filelist import ClipEntry, read_filelists, rejection
-from core.manifest import MANIFEST_NAME, REJECTED_NAME, Manifest
+from core.manifest import PENDING_NAME, REJECTED_NAME, Manifest, ShardFile
 from core.mel import MelExtractor
 from core.records import to_example
 from core.storage import check_directory
-from pipeline.clips import ClipError, keep_freed_memory, prepare_clip, read_input, read_teacher_mel
+from pipeline.clips import ClipError, keep_freed_memory, prepare_clip, read_input, read_teacher_mel, write_errors
+from pipeline.commit import kill_point, shard_name, shard_stem
 from pipeline.options import PreprocessOptions
-from pipeline.tfrecord_io import RAW, SPILL_DIR, SpillFile, StagedFile, read_frame, write_text
+from pipeline.tfrecord_io import RAW, SPILL_DIR, Digest, SpillFile, StagedFile, read_frame, write_text
 
 SHARD_TARGET_BYTES = 150 * 2**20
 SPILL_ROLL_BYTES = 256 * 2**20  # a bundle's local spill file is shipped to _tmp/ and a new one begun past this
@@ -67,6 +66,7 @@ class ShardStats(NamedTuple):
     seconds: float
     frames: int
     frame_trims: int
+    file: ShardFile
 
 
 class ProcessClip(beam.DoFn):
@@ -92,8 +92,8 @@ class ProcessClip(beam.DoFn):
 
     def _prepare(self, entry: ClipEntry):
         opts = self.options
-        data = read_input(entry.path, "missing_file", "unreadable")
-        teacher_mel = (read_teacher_mel(opts.base_mels_path, entry.clip_id, self.audio.num_mels)
+        data = read_input(entry.path, "missing_file", "unreadable", opts.read_retries)
+        teacher_mel = (read_teacher_mel(opts.base_mels_path, entry.clip_id, self.audio.num_mels, opts.read_retries)
                        if opts.base_mels_path else None)
         return prepare_clip(data, self.extractor, normalise=not opts.base_mels_path, max_seconds=opts.max_seconds,
                             teacher_mel=teacher_mel, frame_tolerance=opts.frame_tolerance)
@@ -101,11 +101,17 @@ class ProcessClip(beam.DoFn):
     def _spill(self, record: bytes) -> int:
         """Appends ``record`` to this bundle's spill file (a new one past SPILL_ROLL_BYTES); returns its offset."""
         if self.spill is not None and self.spill.size > SPILL_ROLL_BYTES:
+            self._close_spill()
+        with write_errors(self.spill.path if self.spill else self.spill_dir):
+            if self.spill is None:
+                self.spill = SpillFile(self.spill_dir)
+            return self.spill.write(record)
+
+    def _close_spill(self) -> None:
+        """Ships the spill file; StorageError (one line naming it) if the storage refuses it (teardown discards)."""
+        with write_errors(self.spill.path):
             self.spill.close()
-            self.spill = None
-        if self.spill is None:
-            self.spill = SpillFile(self.spill_dir)
-        return self.spill.write(record)
+        self.spill = None
 
     def process(self, entry: ClipEntry):
         self.lines.inc()
@@ -128,8 +134,7 @@ class ProcessClip(beam.DoFn):
 
     def finish_bundle(self):
         if self.spill is not None:
-            self.spill.close()
-            self.spill = None
+            self._close_spill()
 
     def teardown(self):
         if getattr(self, "spill", None) is not None:  # a failed bundle: its outputs are discarded anyway
@@ -139,10 +144,6 @@ class ProcessClip(beam.DoFn):
 def shard_of(clip_id: str, num_shards: int) -> int:
     """A clip's shard: stable across processes and runs (never Python's salted hash())."""
     return zlib.crc32(clip_id.encode("utf-8")) % num_shards
-
-
-def shard_name(split: str, shard: int, num_shards: int) -> str:
-    return f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord"
 
 
 def num_shards_for(num_records: int, total_bytes: int, num_shards: int | None,
@@ -164,7 +165,8 @@ def assign_shards(element: tuple[str, Iterable[IndexEntry]], num_shards: int | N
 
 
 class WriteShard(beam.DoFn):
-    """Pass 2: copies a shard's framed records from the spill files, sorted by id, into the shard, atomically."""
+    """Pass 2: copies a shard's framed records from the spill files, sorted by id, into the shard, atomically,
+    under a name that holds its SHA-256 (see :mod:`pipeline.commit`)."""
 
     def __init__(self, output_dir: str):
         self.output_dir = output_dir
@@ -173,25 +175,27 @@ class WriteShard(beam.DoFn):
         (split, shard, num_shards), entries = element
         # Ids are unique in a job (duplicate_id), so keying by id also absorbs a runner that re-delivers an entry.
         entries = sorted({e.clip_id: e for e in entries if e is not None}.values(), key=lambda e: e.clip_id)
-        name = shard_name(split, shard, num_shards)
-        final = FileSystems.join(self.output_dir, name)
-        # Written under a unique temporary name, then renamed: a shard appears whole or not at all.
-        staged = StagedFile(f"{final}.tmp-{uuid.uuid4().hex}")
+        staged = StagedFile(self.output_dir, shard_stem(split, shard, num_shards), durable=True)
+        digest = Digest()
         handles = {}
         try:
-            with open(staged.path, "wb") as shard_file:
-                for entry in entries:
-                    if entry.spill_path not in handles:
-                        handles[entry.spill_path] = FileSystems.open(entry.spill_path, compression_type=RAW)
-                    shard_file.write(read_frame(handles[entry.spill_path], entry.offset, entry.length))
-            staged.ship()
-            FileSystems.rename([staged.destination], [final])
+            for entry in entries:
+                if entry.spill_path not in handles:
+                    handles[entry.spill_path] = FileSystems.open(entry.spill_path, compression_type=RAW)
+                frame = read_frame(handles[entry.spill_path], entry.offset, entry.length)
+                staged.file.write(frame)
+                digest.update(frame)
+            name = shard_name(split, shard, num_shards, digest.sha256)
+            kill_point("shard_written")
+            staged.ship(name)
+            kill_point("shard_renamed")
         finally:
             for handle in handles.values():
                 handle.close()
             staged.discard()
         yield ShardStats(split, name, len(entries), math.fsum(e.seconds for e in entries),
-                         sum(e.frames for e in entries), sum(e.trimmed for e in entries))
+                         sum(e.frames for e in entries), sum(e.trimmed for e in entries),
+                         ShardFile(digest.num_bytes, digest.crc32c))
 
 
 def summarise(manifest: Manifest, shards: list[ShardStats], rejected: list[dict],
@@ -205,8 +209,11 @@ def summarise(manifest: Manifest, shards: list[ShardStats], rejected: list[dict]
         split.total_frames += stats.frames
         split.frame_trims += stats.frame_trims
         split.shards.append(stats.name)
+        split.shard_files[stats.name] = stats.file
     for item in rejected:
         manifest.splits[item["split"]].num_rejected += 1
+    for (name, reason), count in sorted(collections.Counter((r["split"], r["reason"]) for r in rejected).items()):
+        manifest.splits[name].rejected_reasons[reason] = count
     for name, split in manifest.splits.items():
         split.num_lines = num_lines.get(name, 0)
         if split.num_lines != split.num_examples + split.num_rejected:
@@ -214,20 +221,9 @@ def summarise(manifest: Manifest, shards: list[ShardStats], rejected: list[dict]
                                f"{split.num_rejected} rejected")
 
 
-def delete_leftovers(output_dir: str, written: set[str]) -> None:
-    """Deletes shards of ``output_dir`` that this job did not write (an earlier job's) and the spill files."""
-    stale = [m.path for m in FileSystems.match([FileSystems.join(output_dir, "*-of-*.tfrecord")])[0].metadata_list
-             if os.path.basename(m.path) not in written]
-    spill_dir = FileSystems.join(output_dir, SPILL_DIR)
-    stale += [m.path for m in FileSystems.match([FileSystems.join(spill_dir, "*")])[0].metadata_list]
-    if stale:
-        FileSystems.delete(stale)
-    if FileSystems.exists(spill_dir):  # the local directory itself (object stores have none)
-        FileSystems.delete([spill_dir])
-
-
 class WriteManifest(beam.DoFn):
-    """The last step: reconciles counts, writes manifest.json, rejected.jsonl and config.json, cleans up."""
+    """The last step: reconciles counts, writes rejected.jsonl and the pending manifest (committed by the
+    launcher, :func:`pipeline.commit.commit`)."""
 
     def __init__(self, config: HiFiGANConfig, options: PreprocessOptions, num_lines: Mapping[str, int]):
         self.config = config
@@ -243,13 +239,9 @@ class WriteManifest(beam.DoFn):
         opts = self.options
         manifest = Manifest.new(self.config.audio, opts.audio_encoding, teacher_forced=bool(opts.base_mels_path))
         summarise(manifest, shards, rejected, self.num_lines)
-        out = opts.output_dir
-        write_text(FileSystems.join(out, REJECTED_NAME), "".join(json.dumps(r, sort_keys=True) + "\n"
-                                                                 for r in rejected))
-        write_text(FileSystems.join(out, CONFIG_NAME), self.config.to_json() + "\n")
-        write_text(FileSystems.join(out, MANIFEST_NAME), manifest.to_json() + "\n")
-        delete_leftovers(out, {s.name for s in shards})
-        logging.info("wrote %s", FileSystems.join(out, MANIFEST_NAME))
+        write_text(opts.output_dir, REJECTED_NAME, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
+        write_text(opts.output_dir, PENDING_NAME, manifest.to_json() + "\n")
+        kill_point("pending_written")
         yield manifest.to_json()
 
 

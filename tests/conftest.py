@@ -68,3 +68,16 @@ def v1_config():
     from core.config import load_config
 
     return load_config(os.path.join(REPO_ROOT, "configs", "v1.json"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """The original's tiny fixture generator (tests/fixtures/ckpt_g_zip: hop 16, 8 kHz, 80 mels) converted into a
+    checkpoint directory of ours; tests read it and never write into it."""
+    from core.config import load_config
+    from model.convert import convert
+
+    fixtures = os.path.join(REPO_ROOT, "tests", "fixtures")
+    out = str(tmp_path_factory.mktemp("tiny_checkpoint") / "ckpt")
+    convert(load_config(os.path.join(fixtures, "ckpt_config.json")), os.path.join(fixtures, "ckpt_g_zip"), out)
+    return out

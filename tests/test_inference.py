@@ -2,6 +2,7 @@
 every layout, bad inputs reported while the rest are written. The generator is the original's tiny fixture
 generator converted from tests/fixtures/ckpt_g_zip (hop 16, 8 kHz, 80 mels)."""
 
+import errno
 import logging
 import os
 
@@ -12,10 +13,8 @@ import soundfile as sf
 import run_inference
 from conftest import chirp_with_noise, write_audio
 from model.checkpoint import restore_generator
-from model.convert import convert
-from model.inference import Vocoder, receptive_field_frames
-from core.audio import load_audio, to_int16
-from core.config import load_config
+from model.inference import OUTPUT_SOFTWARE, Vocoder, receptive_field_frames
+from core.audio import load_audio, to_int16, written_by
 from core.mel import MelExtractor
 from core.melfile import mel_warning
 
@@ -25,15 +24,8 @@ SAME_ATOL = 1e-6
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("inference") / "ckpt")
-    convert(load_config(os.path.join(FIXTURES, "ckpt_config.json")), os.path.join(FIXTURES, "ckpt_g_zip"), out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint):
-    return restore_generator(checkpoint)
+def model(tiny_checkpoint):
+    return restore_generator(tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +82,7 @@ def test_to_int16_clips_instead_of_wrapping():
     np.testing.assert_array_equal(to_int16(np.array([1.0, -1.0, 0.5, -0.49999])), [32767, -32768, 16384, -16383])
 
 
-def test_copy_synthesis_of_wavs_with_bad_files_reported(checkpoint, model, tmp_path, caplog):
+def test_copy_synthesis_of_wavs_with_bad_files_reported(tiny_checkpoint, model, tmp_path, caplog):
     generator, cfg = model
     sr = cfg.audio.sampling_rate
     wavs = tmp_path / "wavs"
@@ -102,7 +94,7 @@ def test_copy_synthesis_of_wavs_with_bad_files_reported(checkpoint, model, tmp_p
     (wavs / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
     out = tmp_path / "out"
     with caplog.at_level(logging.ERROR):
-        code = run_inference.main(["--checkpoint", checkpoint, "--input_wavs_dir", str(wavs),
+        code = run_inference.main(["--checkpoint", tiny_checkpoint, "--input_wavs_dir", str(wavs),
                                    "--output_dir", str(out)])
     assert code == 1
     assert sorted(os.listdir(out)) == ["long_generated.wav", "resampled_generated.wav", "short_generated.wav"]
@@ -121,7 +113,7 @@ def test_copy_synthesis_of_wavs_with_bad_files_reported(checkpoint, model, tmp_p
         assert np.abs(written.astype(int) - want.astype(int)).max() <= 1
 
 
-def test_mels_in_every_layout_match_the_original(checkpoint, model, expected, tmp_path, caplog):
+def test_mels_in_every_layout_match_the_original(tiny_checkpoint, model, expected, tmp_path, caplog):
     _, cfg = model
     mel = expected["generator/mel"]  # the original's layout [num_mels, frames]
     mels = tmp_path / "mels"
@@ -141,7 +133,7 @@ def test_mels_in_every_layout_match_the_original(checkpoint, model, expected, tm
     (mels / "l_random.npy").write_bytes(np.random.default_rng(0).bytes(64))
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING):
-        code = run_inference.main(["--checkpoint", checkpoint, "--input_mels_dir", str(mels),
+        code = run_inference.main(["--checkpoint", tiny_checkpoint, "--input_mels_dir", str(mels),
                                    "--output_dir", str(out)])
     assert code == 1
     stems = ["a_orig", "b_batch", "c_frames_first", "d_log10"]
@@ -174,7 +166,7 @@ def test_mel_statistics_warning():
     assert "below log(1e-5)" in mel_warning(natural - 20.0)
 
 
-def test_filelist_selects_inputs_and_reports_missing_ones(checkpoint, expected, tmp_path, caplog):
+def test_filelist_selects_inputs_and_reports_missing_ones(tiny_checkpoint, expected, tmp_path, caplog):
     mels = tmp_path / "mels"
     mels.mkdir()
     for stem in ("LJ001-0001", "LJ001-0002"):
@@ -187,7 +179,7 @@ def test_filelist_selects_inputs_and_reports_missing_ones(checkpoint, expected, 
     filelist.write_bytes(b"\xef\xbb\xbfLJ001-0002|some text|some text\r\nLJ009-0009|missing|missing\r\n"
                          b"spk.v2_0001|dotted caf\xe9\r\nwavs/LJ001-0001.wav|a path\r\n|no path\r\nLJ\xff|bad path\r\n")
     with caplog.at_level(logging.ERROR):
-        code = run_inference.main(["--checkpoint", checkpoint, "--input_mels_dir", str(mels), "--input_filelist",
+        code = run_inference.main(["--checkpoint", tiny_checkpoint, "--input_mels_dir", str(mels), "--input_filelist",
                                    str(filelist), "--output_dir", str(tmp_path / "out")])
     assert code == 1
     assert sorted(os.listdir(tmp_path / "out")) == \
@@ -197,7 +189,7 @@ def test_filelist_selects_inputs_and_reports_missing_ones(checkpoint, expected, 
          f"{mels / 'LJ009-0009.npy'}: not found"]
 
 
-def test_inputs_with_one_output_name_and_bad_options(checkpoint, tmp_path, caplog, capsys):
+def test_inputs_with_one_output_name_and_bad_options(tiny_checkpoint, tmp_path, caplog, capsys):
     """a.flac and a.ogg would both write a_generated.wav: the second is reported, not silently overwritten; a
     chunk or batch size below one frame is refused in one line."""
     wavs = tmp_path / "wavs"
@@ -205,7 +197,7 @@ def test_inputs_with_one_output_name_and_bad_options(checkpoint, tmp_path, caplo
         write_audio(wavs / name, chirp_with_noise(0.3, 8000, seed=len(name)), 8000, format=fmt,
                     subtype={"FLAC": "PCM_16", "OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}[fmt])
     with caplog.at_level(logging.ERROR):
-        code = run_inference.main(["--checkpoint", checkpoint, "--input_wavs_dir", str(wavs),
+        code = run_inference.main(["--checkpoint", tiny_checkpoint, "--input_wavs_dir", str(wavs),
                                    "--output_dir", str(tmp_path / "out")])
     assert code == 1
     assert sorted(os.listdir(tmp_path / "out")) == ["a_generated.wav", "b_generated.wav"]
@@ -213,7 +205,7 @@ def test_inputs_with_one_output_name_and_bad_options(checkpoint, tmp_path, caplo
         [f"{wavs / 'a.ogg'}: same output a_generated.wav as {wavs / 'a.flac'}; not vocoded"]
     for flag in ("--chunk_frames", "--max_batch_frames"):
         capsys.readouterr()
-        assert run_inference.main(["--checkpoint", checkpoint, "--input_wavs_dir", str(wavs), flag, "0",
+        assert run_inference.main(["--checkpoint", tiny_checkpoint, "--input_wavs_dir", str(wavs), flag, "0",
                                    "--output_dir", str(tmp_path / "out2")]) == 2
         assert capsys.readouterr().err.strip() == f"error: {flag[2:]} must be >= 1, got 0"
 
@@ -225,3 +217,71 @@ def test_tflite_backend_equals_tensorflow(model):
     tflite_out = Vocoder(generator, cfg, max_batch_frames=300, chunk_frames=64, backend="tflite")(mels)
     for a, b in zip(tflite_out, tf_out):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)  # float32 in both; XNNPACK rounds differently
+
+
+def test_never_overwrites_a_user_file_nor_vocodes_its_own_outputs(tiny_checkpoint, tmp_path, caplog):
+    """--output_dir = --input_wavs_dir holding a user's b_generated.wav: b.wav's output is refused alone (it would
+    overwrite an input), the others are written, tagged. A rerun rewrites its own outputs and does not vocode them
+    again; a user's *_generated.wav is an input (told apart by the tag, not the name)."""
+    wavs = tmp_path / "wavs"
+    for seed, name in enumerate(("a", "b", "b_generated")):
+        write_audio(wavs / f"{name}.wav", chirp_with_noise(0.2, 8000, seed=seed), 8000)
+    users = (wavs / "b_generated.wav").read_bytes()
+    argv = ["--checkpoint", tiny_checkpoint, "--input_wavs_dir", str(wavs), "--output_dir", str(wavs)]
+    for _ in range(2):  # the first run, then a rerun
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert run_inference.main(argv) == 1
+        assert [r.getMessage() for r in caplog.records if r.name == "model.inference"] == \
+            [f"{wavs / 'b.wav'}: its output {wavs / 'b_generated.wav'} is an input; not overwritten, not vocoded"]
+        assert sorted(os.listdir(wavs)) == ["a.wav", "a_generated.wav", "b.wav", "b_generated.wav",
+                                            "b_generated_generated.wav"]
+        assert (wavs / "b_generated.wav").read_bytes() == users
+        assert written_by(str(wavs / "a_generated.wav")).startswith(OUTPUT_SOFTWARE)
+        assert written_by(str(wavs / "b_generated.wav")) == ""
+
+
+def test_refuses_an_existing_output_it_did_not_write(tiny_checkpoint, expected, tmp_path, caplog):
+    """An output directory holding another tool's a_generated.wav (e.g. the original's): a's output is refused
+    alone, the file kept; the same file written by this tool is replaced."""
+    mels, out = tmp_path / "mels", tmp_path / "out"
+    mels.mkdir()
+    for stem in ("a", "b"):
+        np.save(mels / f"{stem}.npy", expected["generator/mel"])
+    write_audio(out / "a_generated.wav", chirp_with_noise(0.2, 8000), 8000)
+    foreign = (out / "a_generated.wav").read_bytes()
+    argv = ["--checkpoint", tiny_checkpoint, "--input_mels_dir", str(mels), "--output_dir", str(out)]
+    with caplog.at_level(logging.ERROR):
+        assert run_inference.main(argv) == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "model.inference"] == \
+        [f"{mels / 'a.npy'}: its output {out / 'a_generated.wav'} exists and was not written by run_inference.py; "
+         f"not overwritten, not vocoded"]
+    assert (out / "a_generated.wav").read_bytes() == foreign
+    assert sorted(os.listdir(out)) == ["a_generated.wav", "b_generated.wav"]
+    os.remove(out / "a_generated.wav")
+    assert run_inference.main(argv) == 0  # b_generated.wav (its own) is replaced
+    assert sorted(os.listdir(out)) == ["a_generated.wav", "b_generated.wav"]
+
+
+def test_a_full_disk_stops_in_one_line_and_leaves_no_partial_output(tiny_checkpoint, expected, tmp_path, capsys,
+                                                                     monkeypatch):
+    """ENOSPC while an output is written: exit status 1, one line naming the output, no truncated WAV or
+    staged file left."""
+    import model.inference
+
+    def full_disk(path, audio, sampling_rate, software=None):
+        with open(path, "wb") as f:
+            f.write(b"RIFF\x00\x00")  # a truncated header, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    mels, out = tmp_path / "mels", tmp_path / "out"
+    mels.mkdir()
+    np.save(mels / "a.npy", expected["generator/mel"])
+    monkeypatch.setattr(model.inference, "write_wav", full_disk)
+    capsys.readouterr()
+    assert run_inference.main(["--checkpoint", tiny_checkpoint, "--input_mels_dir", str(mels),
+                               "--output_dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and [line for line in err.splitlines() if line.startswith("error")] == \
+        [f"error: {out / 'a_generated.wav'}: cannot write to this output file (No space left on device)"]
+    assert os.listdir(out) == []

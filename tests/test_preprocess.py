@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -70,8 +71,10 @@ def test_demo_corpus_end_to_end(v1_config, demo_run):
     out, manifest = demo_run
     cfg = v1_config.audio
     extractor = MelExtractor(cfg)
-    assert sorted(os.listdir(str(out))) == ["config.json", MANIFEST_NAME, REJECTED_NAME] + [
-        f"{split}-0000{i}-of-00002.tfrecord" for split in ("train", "val") for i in (0, 1)]
+    names = sorted(os.listdir(str(out)))  # shards are named by their content (pipeline/commit.py)
+    assert names[:3] == ["config.json", MANIFEST_NAME, REJECTED_NAME]
+    assert [re.sub(r"-[0-9a-f]{12}\.tfrecord$", "", name) for name in names[3:]] == [
+        f"{split}-0000{i}-of-00002" for split in ("train", "val") for i in (0, 1)]
     assert rejected_lines(out) == []
     assert manifest.audio_encoding == "int16" and not manifest.teacher_forced
     assert manifest.mismatch(cfg) is None
@@ -229,15 +232,17 @@ def test_every_rejection_reason_is_reported_and_reconciled(v1_config, tmp_path):
     write_audio(root / "nan.wav", np.where(np.arange(SR) == 100, np.nan, good[:SR]).astype(np.float32), SR, "FLOAT")
     (root / "garbage.wav").write_bytes(b"this is not audio" * 10)
     write_audio(root / "x.y.z.wav", good, SR)  # a dotted stem gets .wav too
+    write_audio(root / "val_ok.wav", good, SR)  # a split that writes no clip is an error (tests/test_dataset_commit.py)
     # A byte-order mark, a transcript that is not UTF-8 (latin-1) and a path that is not: only that line is lost.
     train = tmp_path / "train.txt"
     train.write_bytes(b"\xef\xbb\xbf" + b"".join(f"{line}|some text\n".encode() for line in [
         "good_a", "good_b.flac", "dup", "missing", "garbage", "silent", "", "empty", "short", "long"])
         + b"x.y.z|caf\xe9\nbad\xffname|text\n")
     train = str(train)
-    val = write_filelist(tmp_path / "val.txt", [str(root / "nan.wav"), "./dup.wav"])
+    val = write_filelist(tmp_path / "val.txt", [str(root / "nan.wav"), "./dup.wav", "val_ok"])
     out = tmp_path / "out"
-    manifest = run_job(v1_config, out, {"train": train, "val": val}, audio_root=str(root), max_seconds=2.0)
+    manifest = run_job(v1_config, out, {"train": train, "val": val}, audio_root=str(root), max_seconds=2.0,
+                       max_rejected_fraction=1.0)
     rejected = rejected_lines(out)
     reasons = {(r["split"], os.path.basename(r["path"])): r["reason"] for r in rejected}
     assert reasons == {
@@ -255,8 +260,9 @@ def test_every_rejection_reason_is_reported_and_reconciled(v1_config, tmp_path):
     assert detail["garbage.wav"].endswith("train.txt:5: cannot decode audio (Format not recognised)")
     train_summary, val_summary = manifest.splits["train"], manifest.splits["val"]
     assert (train_summary.num_lines, train_summary.num_examples, train_summary.num_rejected) == (12, 4, 8)
-    assert (val_summary.num_lines, val_summary.num_examples, val_summary.num_rejected) == (2, 0, 2)
-    assert val_summary.shards == []
+    assert (val_summary.num_lines, val_summary.num_examples, val_summary.num_rejected) == (3, 1, 2)
+    assert train_summary.rejected_reasons == {"empty": 2, "missing_file": 2, "unreadable": 2, "silent": 1,
+                                              "too_long": 1}
     assert sorted(r["id"] for r in read_records(out, manifest, "train")) == ["dup", "good_a", "good_b", "x.y.z"]
     assert not os.path.exists(out / SPILL_DIR)
 
@@ -303,7 +309,7 @@ def test_fine_tune_mode_with_teacher_mels(v1_config, tmp_path):
     val = write_filelist(tmp_path / "val.txt", [])
     out = tmp_path / "out"
     manifest = run_job(v1_config, out, {"train": train, "val": val}, audio_root=str(root),
-                       base_mels_path=str(mel_dir), audio_encoding="float32")
+                       base_mels_path=str(mel_dir), audio_encoding="float32", max_rejected_fraction=1.0)
     reasons = {os.path.basename(r["path"]): r["reason"] for r in rejected_lines(out)}
     assert reasons == {"plus_three.wav": "teacher_mel_mismatch", "nan.wav": "teacher_mel_non_finite",
                        "wrong_mels.wav": "teacher_mel_shape", "missing.wav": "teacher_mel_missing",
@@ -440,9 +446,9 @@ def test_cli_runs_and_prints_the_summary(tmp_path):
     train = write_filelist(tmp_path / "train.txt", read_filelist_ids(DEMO_TRAIN)[:2] + ["nope"])
     val = write_filelist(tmp_path / "val.txt", read_filelist_ids(DEMO_VAL)[:1])
     result = _cli("--train_filelist", train, "--val_filelist", val, "--output_dir", str(tmp_path / "out"),
-                  "--runner", "DirectRunner")
+                  "--runner", "DirectRunner", "--max_rejected_fraction", "0.5")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "train: 3 lines, 2 clips written, 1 rejected" in result.stdout
+    assert "train: 3 lines, 2 clips written, 1 rejected (missing_file 1)" in result.stdout
     assert "val: 1 lines, 1 clips written, 0 rejected" in result.stdout
     assert rejected_lines(tmp_path / "out")[0]["reason"] == "missing_file"
     assert "WARNING --audio_root is the demo's (demo/wavs)" in result.stderr  # own filelists, the demo's root
