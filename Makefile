@@ -31,7 +31,7 @@ demo: install
 		--input_filelist filelists/demo_val.txt --output_dir $(DEMO_OUT)/generated
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 bench: install
 	$(PY) -m benchmarks.bench_preprocess

@@ -28,7 +28,7 @@ def test_a_script_with_a_bad_config_path_says_so_in_one_line(tmp_path, script, f
     if script == "run_train.py":
         args += ["--data_dir", str(tmp_path)]
     result = subprocess.run([sys.executable, script, *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=120)
+                            timeout=600)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error:" in line]

@@ -29,7 +29,7 @@ NOISE = re.compile(r"^[IWEF]\d{4} |oneDNN|cuInit|absl|Sharding callback|WARNING:
 def run_script(script, *args, env=None):
     environment = {k: v for k, v in os.environ.items() if k != cli.LOG_LEVEL_VARIABLE}
     proc = subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=300, env={**environment, **(env or {})})
+                          timeout=600, env={**environment, **(env or {})})
     return proc
 
 

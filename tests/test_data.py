@@ -172,7 +172,7 @@ def test_distributed_dataset_over_two_replicas_matches_every_global_batch(indexe
     out = tmp_path / "replicas.npz"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", TWO_REPLICAS, path, str(out)], cwd=root, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     plain = batches(path, manifest, 4, 0)
     with np.load(out) as got:

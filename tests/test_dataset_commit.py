@@ -57,7 +57,7 @@ def preprocess(corpus, out, *flags, kill_at=None, **kwargs):
     if kill_at:
         env[KILL_AT_ENV] = kill_at
     return subprocess.run(command(corpus, out, *flags, **kwargs), cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=600)
 
 
 def files(out) -> dict[str, bytes]:

@@ -42,7 +42,7 @@ def spawn(args, env=None):
 
 
 def finish(proc):
-    output, _ = proc.communicate(timeout=300)
+    output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-3000:]
     return output
 

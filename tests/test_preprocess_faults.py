@@ -163,7 +163,7 @@ def _cli(*args):
     """run_preprocess.py with the faulty:// filesystem imported."""
     code = "import sys, tests.faulty_fs, run_preprocess; sys.exit(run_preprocess.main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=600)
 
 
 def test_persistent_read_fault_fails_the_job_in_one_line(filelists, faults, tmp_path):

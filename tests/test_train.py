@@ -151,7 +151,7 @@ def test_validation_writes_tensorboard_logs_and_no_grappler_failure(root, make_t
 
 def run_cli(*args):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "run_train.py"), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
     return proc.returncode, lines
 

@@ -101,7 +101,7 @@ def test_kill_9_during_a_save_then_resume_gives_the_uninterrupted_state(root, tr
                              *cli_flags(root / "config.json", root / "data", killed, 4)], cwd=ROOT,
                             env={**os.environ, KILL_ENV: str(kill_at)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    _, stderr = proc.communicate(timeout=300)
+    _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == -signal.SIGKILL, stderr[-3000:]
     # ckpt-<kill_at> was written but the index does not name it; the lock of the dead process stays.
     assert ckpt_lib.latest_checkpoint(str(killed)) == str(killed / f"ckpt-{kill_at - 1}")
