@@ -328,5 +328,5 @@ def export(generator, cfg: HiFiGANConfig, fmt: str, output: str,
     _prepare(generator)
     results = {path: _write_checked(generator, cfg, flavour, path) for path, flavour in targets.items()}
     for path, diff in results.items():
-        log.info("%s: max |export - keras| = %.3g", path, diff)
+        log.debug("%s: max |export - keras| = %.3g", path, diff)
     return results

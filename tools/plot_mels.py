@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 
-from model.checkpoint import CheckpointError
-from model.data import DataError
-from core.config import ConfigError
+from core import cli
 
 
 def plot_validation_clip(checkpoint_path: str, data_dir: str, output: str, index: int = 0) -> str:
@@ -18,6 +14,7 @@ def plot_validation_clip(checkpoint_path: str, data_dir: str, output: str, index
 
     from model import data as data_lib
     from model.checkpoint import restore_generator
+    from model.data import DataError
     from model.logging_utils import mel_comparison_png
     from model.losses import MelSpectrogram
 
@@ -37,22 +34,22 @@ def plot_validation_clip(checkpoint_path: str, data_dir: str, output: str, index
     return clip_id
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+def plot_from_flags(argv=None) -> int:
+    p = cli.ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint_path", required=True, help="training checkpoint directory (with config.json)")
     p.add_argument("--data_dir", required=True, help="shard directory with a val split")
     p.add_argument("--output", required=True, help="PNG file to write")
     p.add_argument("--index", type=int, default=0, help="which validation clip (manifest order)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        clip_id = plot_validation_clip(args.checkpoint_path, args.data_dir, args.output, args.index)
-    except (CheckpointError, DataError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    clip_id = plot_validation_clip(args.checkpoint_path, args.data_dir, args.output, args.index)
     print(f"wrote {args.output} (validation clip {clip_id})")
     return 0
 
 
+def main(argv=None) -> int:
+    return cli.run(plot_from_flags, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.launch(main)
