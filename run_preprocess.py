@@ -73,7 +73,7 @@ def preprocess(argv=None) -> int:
     FileSystems.set_options(beam_options(beam_args))  # e.g. s3:// credentials, for the reads below
     for filelist in (args.train_filelist, args.val_filelist):
         read_lines(filelist)  # fail early, before TensorFlow loads, on a missing filelist
-    # Beam's job and TensorFlow are imported once the inputs are known to be there: errors are fast.
+    # Beam's job (which never imports TensorFlow) is imported once the inputs are known to be there: errors are fast.
     from pipeline.commit import top_reasons
     from pipeline.runner import run
 

@@ -97,6 +97,10 @@ class _TorchConv:
         self.pad = tuple(pad) if isinstance(pad, (list, tuple)) else (pad, pad)
         return kwargs
 
+    def _kernel_shape(self, input_shape):
+        """The kernel's shape for ``input_shape`` (Conv1D / Conv2D layout; the transposed conv overrides it)."""
+        return (*self.kernel_size, input_shape[-1] // self.groups, self.filters)
+
     def build(self, input_shape):
         if self._torch_bias_init:
             # torch's default bias init: U(+-1 / sqrt(fan_in)), fan_in as for the kernel.
@@ -141,9 +145,6 @@ class PaddedConv1D(_TorchConv, keras.layers.Conv1D):
     def __init__(self, filters, kernel_size, strides=1, pad=0, **kwargs):
         kwargs = self._init_torch(kwargs, pad)
         super().__init__(filters, kernel_size, strides=strides, padding="valid", **kwargs)
-
-    def _kernel_shape(self, input_shape):
-        return (*self.kernel_size, input_shape[-1] // self.groups, self.filters)
 
     def _pads_same(self) -> bool:
         """True when ``pad`` is what "same" padding does (stride 1, pad = dilation * (kernel - 1) / 2 each side):
@@ -190,15 +191,12 @@ class PaddedConv2D(_TorchConv, keras.layers.Conv2D):
         kwargs = self._init_torch(kwargs, pad)
         super().__init__(filters, kernel_size, strides=strides, padding="valid", **kwargs)
 
-    def _kernel_shape(self, input_shape):
-        return (*self.kernel_size, input_shape[-1] // self.groups, self.filters)
-
     def apply_kernel(self, inputs, kernel):
         # time_conv's gradient was measured faster on CPU only: GPUs keep their own (cuDNN) backward pass.
+        inputs = self._pad_time(inputs)
         if (self.strides[1] != 1 or self.kernel_size[1] != 1 or self.dilation_rate != (1, 1)
                 or tf.config.list_logical_devices("GPU")):
-            return self._add_bias(self.convolution_op(self._pad_time(inputs), kernel))
-        inputs = self._pad_time(inputs)
+            return self._add_bias(self.convolution_op(inputs, kernel))
         return self._add_bias(time_conv(inputs, ops.cast(kernel, inputs.dtype), self.strides[0]))
 
 

@@ -162,7 +162,7 @@ def fold_weight_norms(layer: keras.layers.Layer) -> int:
     wrappers = [sub for sub in sublayers(layer) if isinstance(sub, WeightNorm)]
     for wrapper in wrappers:
         wrapper.fold()
-    return sum(1 for _ in wrappers)
+    return len(wrappers)
 
 
 def _wn_conv(channels, kernel_size, dilation, folded):

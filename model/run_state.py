@@ -170,21 +170,33 @@ class RunLock:
 
 
 @contextlib.contextmanager
-def _signals_held():
-    """SIGINT and SIGTERM wait until the block has ended, then reach the handlers they would have reached
-    (KeyboardInterrupt in the loop): a save is never cut short. Only from the main thread."""
-    received = []
+def signal_handlers(handlers: dict):
+    """Installs ``handlers`` ({signum: handler}) for the block, then puts the earlier ones back (SIG_DFL for one
+    that was not set from Python, which signal.signal reports as None). Nothing outside the main thread, which
+    gets the signals."""
     previous = {}
     try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, lambda signum, frame: received.append(signum))
-    except ValueError:  # not the main thread, which gets the signals
+        for signum, handler in handlers.items():
+            previous[signum] = signal.signal(signum, handler)
+    except ValueError:  # not the main thread
         pass
     try:
         yield
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM wait until the block has ended, then reach the handlers they would have reached
+    (KeyboardInterrupt in the loop): a save is never cut short. Only from the main thread."""
+    received = []
+    hold = lambda signum, frame: received.append(signum)  # noqa: E731
+    try:
+        with signal_handlers({signal.SIGINT: hold, signal.SIGTERM: hold}):
+            yield
+    finally:  # the earlier handlers are back: the held signals reach them
         for signum in dict.fromkeys(received):
             signal.raise_signal(signum)
 
@@ -282,8 +294,9 @@ def open_run_state(cfg: HiFiGANConfig, trainer: Trainer, options: TrainOptions) 
         elif options.init_from:
             init_from(trainer, options.init_from, options.keep_schedule)
         if chief:
-            has_config = tf.io.gfile.exists(os.path.join(options.checkpoint_path, CONFIG_NAME))
-            ckpt_lib.write_json_beside(options.checkpoint_path, cfg, with_config=not (latest and has_config))
+            # A resumed run keeps its config.json (written anew only where it is missing).
+            with_config = not latest or not tf.io.gfile.exists(os.path.join(options.checkpoint_path, CONFIG_NAME))
+            ckpt_lib.write_json_beside(options.checkpoint_path, cfg, with_config=with_config)
         return RunState(trainer, manager, chief, resumed=bool(latest), lock=lock)
     except BaseException:
         if lock is not None:

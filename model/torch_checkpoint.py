@@ -237,7 +237,7 @@ def _load_zip(path: str) -> Any:
             big_endian = archive.read(f"{root}byteorder").decode("ascii").strip() == "big"
         unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), path, legacy=False)
         obj = _unpickle(unpickler, path)
-        used = _elements_used(obj)
+        used, file_size = _elements_used(obj), os.path.getsize(path)
         for key, ref in unpickler.storages.items():
             name = f"{root}data/{key}"
             if name not in names:
@@ -245,7 +245,7 @@ def _load_zip(path: str) -> Any:
             # Only what the tensors view is read (a declared storage may be larger than its tensors).
             numel = min(ref.numel, used.get(key, 0))
             nbytes = numel * _to_numpy_dtype(ref.dtype, big_endian).itemsize
-            _check_fits(path, key, nbytes, os.path.getsize(path))
+            _check_fits(path, key, nbytes, file_size)
             with archive.open(name) as member:
                 _read_storage(member.read(nbytes), ref, big_endian, path, numel)
     return _materialize(obj, path)

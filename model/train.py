@@ -6,7 +6,6 @@ this module is the loop over epochs and steps, with one small hook per interval 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -22,7 +21,7 @@ from model import checkpoint as ckpt_lib
 from model import data as data_lib
 from model.logging_utils import RunConsole, StepRate, logger, stdout_line, write_config, write_scalars
 from model.options import TrainingError, TrainOptions
-from model.run_state import RunState, open_run_state
+from model.run_state import RunState, open_run_state, signal_handlers
 from model.trainer import Trainer
 from model.validation import Validator, result_line
 
@@ -30,18 +29,9 @@ from model.validation import Validator, result_line
 __all__ = ["Trainer", "TrainingError", "TrainOptions", "train"]
 
 
-@contextlib.contextmanager
 def _sigterm_as_interrupt():
     """SIGTERM raises KeyboardInterrupt (so a killed job saves like Ctrl-C); only from the main thread."""
-    try:
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return signal_handlers({signal.SIGTERM: signal.default_int_handler})
 
 
 def _check_data(cfg: HiFiGANConfig, options: TrainOptions):

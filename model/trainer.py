@@ -196,7 +196,10 @@ class Trainer:
 @contextlib.contextmanager
 def grappler_options(**options: bool):
     """Grappler options for the tf.function calls made inside (TF reads them at each call); the earlier
-    settings are back afterwards."""
+    settings are back afterwards. None given: nothing is set (each set makes TF rebuild its call options)."""
+    if not options:
+        yield
+        return
     saved = tf.config.optimizer.get_experimental_options()
     tf.config.optimizer.set_experimental_options(options)
     try:

@@ -98,22 +98,26 @@ def committed_shards(output_dir: str) -> set[str] | None:
         return None
 
 
-def check_replaceable(output_dir: str, new: Manifest, overwrite: bool) -> None:
+def check_replaceable(output_dir: str, new: Manifest, overwrite: bool) -> set[str] | None:
     """DatasetError (one line, before the job starts) when ``output_dir`` holds a committed dataset of another
     kind than ``new`` (audio fingerprint, audio encoding, teacher forcing) or one that cannot be read, unless
-    ``overwrite``."""
+    ``overwrite``. Returns the committed dataset's shards as :func:`committed_shards` does, from the one read of
+    its manifest."""
     path = FileSystems.join(output_dir, MANIFEST_NAME)
-    if overwrite or not FileSystems.exists(path):
-        return
+    if not FileSystems.exists(path):
+        return set()
     try:
         old = read_manifest(output_dir)
     except Exception as e:  # noqa: BLE001 OSError, ValueError, KeyError, TypeError: any unreadable manifest
+        if overwrite:
+            return None
         raise DatasetError(f"{path}: cannot read the dataset there ({first_line(e)}); pass --overwrite to "
                            f"replace it") from None
     difference = old.difference(new)
-    if difference:
+    if difference and not overwrite:
         raise DatasetError(f"{output_dir} holds a dataset of another {difference}; pass --overwrite to replace it "
                            f"or choose another --output_dir")
+    return all_shards(old)
 
 
 def check_rejections(manifest: Manifest, max_rejected_fraction: float, output_dir: str) -> None:

@@ -125,9 +125,9 @@ def run(config: HiFiGANConfig, options: PreprocessOptions, beam_args: list[str] 
     build_pipeline(p, config, options)
     check_writable(options.output_dir)
     output_dir = options.output_dir
-    check_replaceable(output_dir, Manifest.new(config.audio, options.audio_encoding, bool(options.base_mels_path)),
-                      options.overwrite)
-    delete_leftovers(output_dir, committed_shards(output_dir))  # what a killed or failed job left
+    committed = check_replaceable(output_dir, Manifest.new(config.audio, options.audio_encoding,
+                                                           bool(options.base_mels_path)), options.overwrite)
+    delete_leftovers(output_dir, committed)  # what a killed or failed job left
     with interrupt_ends_process(interrupted):
         try:
             result = None

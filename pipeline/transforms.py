@@ -175,7 +175,11 @@ class WriteShard(beam.DoFn):
         (split, shard, num_shards), entries = element
         # Ids are unique in a job (duplicate_id), so keying by id also absorbs a runner that re-delivers an entry.
         entries = sorted({e.clip_id: e for e in entries if e is not None}.values(), key=lambda e: e.clip_id)
-        staged = StagedFile(self.output_dir, shard_stem(split, shard, num_shards), durable=True)
+        stem = shard_stem(split, shard, num_shards)
+        # The storage failing a write (ENOSPC, permission, a bucket's error) is StorageError, one line, as for the
+        # spill files (write_errors); reading the spill files is left out of it.
+        with write_errors(FileSystems.join(self.output_dir, stem)):
+            staged = StagedFile(self.output_dir, stem, durable=True)
         digest = Digest()
         handles = {}
         try:
@@ -183,11 +187,13 @@ class WriteShard(beam.DoFn):
                 if entry.spill_path not in handles:
                     handles[entry.spill_path] = FileSystems.open(entry.spill_path, compression_type=RAW)
                 frame = read_frame(handles[entry.spill_path], entry.offset, entry.length)
-                staged.file.write(frame)
+                with write_errors(staged.path):
+                    staged.file.write(frame)
                 digest.update(frame)
             name = shard_name(split, shard, num_shards, digest.sha256)
             kill_point("shard_written")
-            staged.ship(name)
+            with write_errors(FileSystems.join(self.output_dir, name)):
+                staged.ship(name)
             kill_point("shard_renamed")
         finally:
             for handle in handles.values():
@@ -210,10 +216,9 @@ def summarise(manifest: Manifest, shards: list[ShardStats], rejected: list[dict]
         split.frame_trims += stats.frame_trims
         split.shards.append(stats.name)
         split.shard_files[stats.name] = stats.file
-    for item in rejected:
-        manifest.splits[item["split"]].num_rejected += 1
     for (name, reason), count in sorted(collections.Counter((r["split"], r["reason"]) for r in rejected).items()):
         manifest.splits[name].rejected_reasons[reason] = count
+        manifest.splits[name].num_rejected += count
     for name, split in manifest.splits.items():
         split.num_lines = num_lines.get(name, 0)
         if split.num_lines != split.num_examples + split.num_rejected:
@@ -239,8 +244,11 @@ class WriteManifest(beam.DoFn):
         opts = self.options
         manifest = Manifest.new(self.config.audio, opts.audio_encoding, teacher_forced=bool(opts.base_mels_path))
         summarise(manifest, shards, rejected, self.num_lines)
-        write_text(opts.output_dir, REJECTED_NAME, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
-        write_text(opts.output_dir, PENDING_NAME, manifest.to_json() + "\n")
+        with write_errors(FileSystems.join(opts.output_dir, REJECTED_NAME)):
+            write_text(opts.output_dir, REJECTED_NAME,
+                       "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
+        with write_errors(FileSystems.join(opts.output_dir, PENDING_NAME)):
+            write_text(opts.output_dir, PENDING_NAME, manifest.to_json() + "\n")
         kill_point("pending_written")
         yield manifest.to_json()
 
