@@ -30,6 +30,8 @@ SHUFFLE_BUFFER = 256
 VERIFY_THREADS = 8  # shards checksummed at once (google_crc32c and tf.io.gfile reads release the GIL)
 VERIFY_CHUNK = 16 * 2**20
 
+log = logging.getLogger(__name__)
+
 
 class DataError(UserError):
     """Shards that cannot be read; the message is one line naming the path."""
@@ -78,7 +80,7 @@ def verify_shards(data_dir: str, manifest: Manifest) -> None:
     listed = {name: split.shard_files.get(name) for split in manifest.splits.values() for name in split.shards}
     unverified = sorted(name for name, file in listed.items() if file is None)
     if unverified:
-        logging.warning("%s: %s records no size or checksum for %d shards (written by an older run_preprocess.py); "
+        log.warning("%s: %s records no size or checksum for %d shards (written by an older run_preprocess.py); "
                         "they are read unverified", data_dir, MANIFEST_NAME, len(unverified))
     expected = sorted((name, file) for name, file in listed.items() if file is not None)
     with concurrent.futures.ThreadPoolExecutor(VERIFY_THREADS) as pool:

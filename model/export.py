@@ -20,6 +20,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 from core.config import HiFiGANConfig
 from core.errors import UserError
 from core.storage import TF_IO, check_writable, existing_output, exists, first_line, is_uri, join
+from model.generator import fold_for_inference
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +65,9 @@ def example_mel(cfg: HiFiGANConfig, frames: int = 64, batch: int = 1, seed: int 
     return np.maximum(mel, np.log(1e-5)).astype(np.float32)
 
 
-def _prepare(generator) -> None:
-    if getattr(generator, "weight_norm", False):
-        generator.remove_weight_norm()
-
-
 def export_saved_model(generator, cfg: HiFiGANConfig, path: str) -> None:
     """Writes a SavedModel whose 'serving_default' signature maps mel -> audio for any batch and length."""
-    _prepare(generator)
+    fold_for_inference(generator)
     module = _Serving(generator, cfg.audio.num_mels)
     tf.saved_model.save(module, path, signatures={SIGNATURE_KEY: module.serve})
 
@@ -85,7 +81,7 @@ def tflite_bytes(generator, cfg: HiFiGANConfig, quantization: str) -> bytes:
     if quantization not in TFLITE_QUANTIZATIONS:
         raise ExportError(f"--tflite_quantization: {quantization!r} is not one of "
                           f"{', '.join(TFLITE_QUANTIZATIONS)}")
-    _prepare(generator)
+    fold_for_inference(generator)
     module = _Serving(generator, cfg.audio.num_mels)
     # NOTE: TF 2.21's converter keeps Keras 3 weights as resource variables (READ_VARIABLE ops that read
     # uninitialised memory: NaN audio); freezing them into constants first gives a self-contained model.
@@ -106,7 +102,7 @@ def onnx_bytes(generator, cfg: HiFiGANConfig) -> bytes:
     except ImportError as e:
         raise ExportError(f"--format onnx needs tf2onnx and onnxruntime (pip install -r requirements.txt): "
                           f"{first_line(e, with_type=False)}") from None
-    _prepare(generator)
+    fold_for_inference(generator)
     module = _Serving(generator, cfg.audio.num_mels)
     quiet = logging.getLogger("tf2onnx")
     level = quiet.level
@@ -325,7 +321,6 @@ def export(generator, cfg: HiFiGANConfig, fmt: str, output: str,
     unless ``overwrite``; each export is written under a hidden name beside its path and renamed once checked.
     """
     targets = plan(fmt, output, quantizations, overwrite)
-    _prepare(generator)
     results = {path: _write_checked(generator, cfg, flavour, path) for path, flavour in targets.items()}
     for path, diff in results.items():
         log.debug("%s: max |export - keras| = %.3g", path, diff)

@@ -90,3 +90,10 @@ class Generator(keras.Model):
         config = dict(config)
         cfg = config.pop("cfg")
         return cls(cfg if isinstance(cfg, GeneratorConfig) else GeneratorConfig.from_raw(cfg), **config)
+
+
+def fold_for_inference(generator) -> None:
+    """Folds a Generator's weight norms into plain kernels (a no-op once folded); any other callable, such as a
+    model that has none, is left as it is."""
+    if getattr(generator, "weight_norm", False):
+        generator.remove_weight_norm()

@@ -28,6 +28,7 @@ from core.filelist import FilelistError, input_name, listed_paths
 from core.mel import MelExtractor
 from core.melfile import MelFileError, load_mel_file, mel_warning
 from core.storage import TF_IO, check_writable, first_line, read_bytes
+from model.generator import fold_for_inference
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,7 @@ class Vocoder:
     def __init__(self, generator, cfg: HiFiGANConfig, max_batch_frames: int = 8192, chunk_frames: int = 2048,
                  context_frames: int | None = None, jit_compile: bool = False, backend: str = "tf",
                  num_threads: int | None = None):
-        if getattr(generator, "weight_norm", False):
-            generator.remove_weight_norm()
+        fold_for_inference(generator)
         self.generator = generator
         self.num_mels, self.hop_size = cfg.audio.num_mels, cfg.audio.hop_size
         for name, value, low in (("chunk_frames", chunk_frames, 1), ("max_batch_frames", max_batch_frames, 1),
