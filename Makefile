@@ -10,7 +10,7 @@ DEMO_STEPS ?= 300
 REFERENCE_REPO ?= ../hifi-gan
 TORCH_PYTHON ?= python3
 
-.PHONY: install demo test bench fixtures clean
+.PHONY: install demo test bench bench-fidelity fixtures clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ bench: install
 	$(PY) -m benchmarks.bench_input
 	$(PY) -m benchmarks.bench_train
 	$(PY) -m benchmarks.bench_inference
+	$(PY) -m benchmarks.bench_streaming
+
+# The training-fidelity benchmark runs the original beside ours (a checkout and a Python with torch, as fixtures).
+bench-fidelity: install
+	$(PY) -m benchmarks.bench_fidelity --reference_repo $(REFERENCE_REPO) --reference_python $(TORCH_PYTHON)
 
 fixtures:
 	$(TORCH_PYTHON) -m tools.make_fixtures --reference_repo $(REFERENCE_REPO) --out tests/fixtures

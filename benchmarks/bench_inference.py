@@ -1,14 +1,18 @@
 """Inference speed on CPU: real-time factor (seconds of audio per wall-clock second) of the V1, V2 and V3
-generators on 10 s of mel, eager vs tf.function vs XLA vs each TFLite flavour, and, given the original's checkout
+generators on 10 s of mel, eager vs tf.function vs XLA vs bfloat16 (bf16 weights, and Keras' mixed_bfloat16: float32
+weights cast per call) vs each TFLite flavour, and, given the original's checkout
 and a Python with torch, the original generator on the same input in the same run, its calls interleaved with
 ours (one after each of our timed calls) so that the machine's drifts hit both sides alike. Each way's speed-up
 is its best of --repeats calls against the best of the original's calls made right after them (best-of-N against
 best-of-N: the original's best over all its calls, the "original" row, has more tries at a quiet moment).
 
     .venv/bin/python -m benchmarks.bench_inference --reference_repo /work/ref \
-        --reference_python /work/torchvenv/bin/python
+        --reference_python /work/torchvenv/bin/python --quality_checkpoints demo_out/checkpoints
 
-Weights are random (speed does not depend on them); weight norm is folded as for inference.
+Weights are random (speed does not depend on them); weight norm is folded as for inference. The quality cost of
+bfloat16 is measured on trained checkpoints (--quality_checkpoints, each with its config.json): the validation
+clips of --quality_filelist vocoded by model.inference.Vocoder in float32 and in bfloat16, and core/metrics.py's
+mel L1 and wide-band PESQ of the bfloat16 audio against the float32 audio (and of each against the recording).
 """
 
 from __future__ import annotations
@@ -25,8 +29,12 @@ import numpy as np
 
 from benchmarks import reference_timing
 from model.export import TFLITE_QUANTIZATIONS
+from model.precision import BFLOAT16_POLICIES
 
 ORIGINAL = "original (torch)"
+BFLOAT16_WAYS = {"bfloat16": "tf.function bf16", "mixed_bfloat16": "tf.function mixed_bf16"}
+QUALITY_METRICS = ("mel_l1", "mrstft", "pesq")
+NO_GAIN = 1.1  # a bfloat16 speed-up over float32 below this is reported as no gain
 
 class Original:
     """The original generator in a subprocess (a Python with torch), timed one call per request: its calls are
@@ -79,6 +87,7 @@ def bench_config(name: str, config_path: str, args) -> tuple[dict[str, float], d
 
     from model.export import TFLiteVocoder, example_mel, tflite_bytes
     from model.generator import Generator
+    from model.precision import bfloat16_generator
     from core.config import load_config
 
     cfg = load_config(config_path)
@@ -101,6 +110,10 @@ def bench_config(name: str, config_path: str, args) -> tuple[dict[str, float], d
         "tf.function": _time(f"{name} tf.function", lambda: compiled(x).numpy(), args.repeats, original),
         "xla": _time(f"{name} xla", lambda: xla(x).numpy(), args.repeats, original),
     }
+    for policy in args.bfloat16:
+        low = tf.function(lambda mel, model=bfloat16_generator(generator, policy): model(mel, training=False),
+                          input_signature=spec)
+        timed[BFLOAT16_WAYS[policy]] = _time(f"{name} {policy}", lambda: low(x).numpy(), args.repeats, original)
     for quantization in args.tflite:
         runner = TFLiteVocoder(tflite_bytes(generator, cfg, quantization), num_threads=args.threads)
         timed[f"tflite_{quantization}"] = _time(f"{name} tflite {quantization}", lambda: runner(mel),
@@ -116,6 +129,68 @@ def bench_config(name: str, config_path: str, args) -> tuple[dict[str, float], d
     return rtf, speedup
 
 
+def bfloat16_quality(checkpoint: str, filelist: str, audio_root: str) -> dict[str, dict[str, float]]:
+    """{comparison: {metric: mean over clips}} for a trained checkpoint: "bf16 vs float32" (the bfloat16 audio
+    against the float32 audio), "float32 vs recording" and "bf16 vs recording", each clip vocoded from the mel of
+    its recording (copy synthesis, through model.inference.Vocoder)."""
+    from core.audio import load_audio
+    from core.filelist import audio_path, listed_paths
+    from core.mel import MelExtractor
+    from core.metrics import clip_metrics, summarize
+    from core.storage import TF_IO, read_bytes
+    from model.checkpoint import restore_generator
+    from model.inference import Vocoder
+
+    generator, cfg = restore_generator(checkpoint)
+    extractor = MelExtractor(cfg.audio)
+    recordings = [load_audio(read_bytes(audio_path(audio_root, listed, io=TF_IO), io=TF_IO),
+                             cfg.audio.sampling_rate, normalise=True)
+                  for _, listed, problem in listed_paths(filelist, io=TF_IO) if not problem]
+    mels = [extractor(audio)[0] for audio in recordings]
+    full = Vocoder(generator, cfg)(mels)
+    low = Vocoder(generator, cfg, precision="bfloat16")(mels)
+    pairs = {"bf16 vs float32": zip(full, low), "float32 vs recording": zip(recordings, full),
+             "bf16 vs recording": zip(recordings, low)}
+    result = {}
+    for comparison, clips in pairs.items():
+        values = [clip_metrics(reference, generated, cfg.audio) for reference, generated in clips]
+        result[comparison] = {metric: summarize([v[metric] for v in values])["mean"] for metric in QUALITY_METRICS}
+        result[comparison]["worst pesq"] = min(v["pesq"] for v in values)
+    logging.info("%s: %d clips of %s", checkpoint, len(mels), filelist)
+    return result
+
+
+def print_speed(table: dict, speedups: dict, args) -> None:
+    """The real-time factor table, bfloat16's gain over float32 per config, and the speed-ups over the original."""
+    ways = list(next(iter(table.values())))
+    print(f"\nreal-time factor (audio s / wall s), {args.seconds:g} s of mel, {args.threads} CPU threads, best of "
+          f"{args.repeats}")
+    print(f"{'':22s}" + "".join(f"{name:>10s}" for name in table))
+    for way in ways:
+        print(f"{way:22s}" + "".join(f"{table[name][way]:10.1f}" for name in table))
+    for policy in args.bfloat16:
+        way = BFLOAT16_WAYS[policy]
+        gains = {name: table[name][way] / table[name]["tf.function"] for name in table}
+        print(f"{way} / tf.function: " + ", ".join(
+            f"{name} {gain:.2f}x{' (no gain)' if gain < NO_GAIN else ''}" for name, gain in gains.items()))
+    if args.reference_repo:
+        print(f"\nspeed-up over the original (same input, same run; each way's best of {args.repeats} against the "
+              f"best of the original's {args.repeats} calls made right after them)")
+        for way in ways:
+            if way != ORIGINAL:
+                print(f"{way:22s}" + "".join(f"{speedups[name][way]:9.2f}x" for name in table))
+
+
+def print_quality(quality: dict) -> None:
+    """One block per checkpoint: each comparison's mean mel L1, MR-STFT and PESQ, and its worst clip's PESQ."""
+    columns = (*QUALITY_METRICS, "worst pesq")
+    print("\nbfloat16 quality cost (copy synthesis of the validation clips; mean over clips)")
+    for checkpoint, comparisons in quality.items():
+        print(f"{checkpoint}\n{'':22s}" + "".join(f"{c:>12s}" for c in columns))
+        for comparison, values in comparisons.items():
+            print(f"{comparison:22s}" + "".join(f"{values[c]:12.4f}" for c in columns))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["configs/v1.json", "configs/v2.json", "configs/v3.json"],
@@ -125,6 +200,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per way (the best is kept)")
     parser.add_argument("--tflite", nargs="*", default=list(TFLITE_QUANTIZATIONS), choices=TFLITE_QUANTIZATIONS,
                         help="TFLite flavours to time (none: skip TFLite)")
+    parser.add_argument("--bfloat16", nargs="*", default=list(BFLOAT16_POLICIES), choices=BFLOAT16_POLICIES,
+                        help="bfloat16 ways to time: bf16 weights (what --precision bfloat16 runs), float32 "
+                             "weights cast per call (Keras' mixed_bfloat16); none: skip")
+    parser.add_argument("--quality_checkpoints", nargs="*", default=[],
+                        help="trained checkpoint directories on which to measure bfloat16's quality cost")
+    parser.add_argument("--quality_filelist", default="filelists/demo_val.txt",
+                        help="the clips vocoded for the quality cost (id|text lines)")
+    parser.add_argument("--quality_audio_root", default="demo/wavs", help="where --quality_filelist's clips are")
     parser.add_argument("--reference_repo", default=None, help="checkout of jik876/hifi-gan to time the original")
     parser.add_argument("--reference_python", default=sys.executable, help="a Python with torch for the original")
     args = parser.parse_args()
@@ -137,18 +220,11 @@ def main() -> None:
     for config in args.configs:
         name = os.path.splitext(os.path.basename(config))[0].upper()
         table[name], speedups[name] = bench_config(name, config, args)
-    ways = list(next(iter(table.values())))
-    print(f"\nreal-time factor (audio s / wall s), {args.seconds:g} s of mel, {args.threads} CPU threads, best of "
-          f"{args.repeats}")
-    print(f"{'':22s}" + "".join(f"{name:>10s}" for name in table))
-    for way in ways:
-        print(f"{way:22s}" + "".join(f"{table[name][way]:10.1f}" for name in table))
-    if args.reference_repo:
-        print(f"\nspeed-up over the original (same input, same run; each way's best of {args.repeats} against the "
-              f"best of the original's {args.repeats} calls made right after them)")
-        for way in ways:
-            if way != ORIGINAL:
-                print(f"{way:22s}" + "".join(f"{speedups[name][way]:9.2f}x" for name in table))
+    quality = {checkpoint: bfloat16_quality(checkpoint, args.quality_filelist, args.quality_audio_root)
+               for checkpoint in args.quality_checkpoints}
+    print_speed(table, speedups, args)
+    if quality:
+        print_quality(quality)
 
 
 if __name__ == "__main__":

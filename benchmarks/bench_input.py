@@ -5,6 +5,9 @@ which dominates a short run; the rate after it is the steady state that a long t
 
     .venv/bin/python -m benchmarks.bench_input --num_clips 1024 --batch_size 16 \
         --reference_repo /work/ref --reference_python /work/torchvenv/bin/python
+
+With ``--num_corpora K`` the clips are written to K shard directories and read as a mixture of equal weights
+(run_train.py with K --data_dir), the same number of batches per epoch.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 from benchmarks import reference_timing
 
 
-def write_corpus(tmp: str, cfg, num_clips: int, seconds: float, num_shards: int) -> list[str]:
+def write_corpus(tmp: str, cfg, num_clips: int, seconds: float, num_shards: int, seed: int = 0) -> list[str]:
     """Tone clips as 16-bit WAVs (for the original) and as shards + manifest (for us); returns the WAV paths."""
     import soundfile as sf
     import tensorflow as tf
@@ -29,7 +32,7 @@ def write_corpus(tmp: str, cfg, num_clips: int, seconds: float, num_shards: int)
     from core.mel import MelExtractor
     from core.records import to_example
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     extractor, hop = MelExtractor(cfg.audio), cfg.audio.hop_size
     manifest = Manifest.new(cfg.audio, "int16", False)
     writers = [tf.io.TFRecordWriter(os.path.join(tmp, f"train-{i:05d}-of-{num_shards:05d}.tfrecord"))
@@ -55,15 +58,17 @@ def write_corpus(tmp: str, cfg, num_clips: int, seconds: float, num_shards: int)
     return paths
 
 
-def time_ours(tmp: str, cfg, epochs: int) -> dict:
+def time_ours(data_dirs: list[str], cfg, epochs: int) -> dict:
     """Time to the first batch, clips per second overall and after the first batch (steady state)."""
     from model import data
+    from model.corpora import load_corpora
 
-    manifest = data.load_manifest(tmp)
+    corpora = load_corpora(cfg, data_dirs)
+    steps = data.mixture_steps_per_epoch(corpora, cfg.training.batch_size)
     start = time.perf_counter()
     clips, first = 0, None
     for epoch in range(epochs):
-        for batch in data.train_dataset(tmp, manifest, cfg, seed=1, epoch=epoch):
+        for batch in data.mixture_train_dataset(corpora, cfg, seed=1, epoch=epoch, num_batches=steps):
             clips += int(batch["mel"].shape[0])
             if first is None:
                 first, first_clips = time.perf_counter() - start, clips
@@ -80,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="mean clip length")
     p.add_argument("--num_shards", type=int, default=4, help="shards the corpus is written to")
     p.add_argument("--epochs", type=int, default=2, help="epochs timed")
+    p.add_argument("--num_corpora", type=int, default=1, help="shard directories the clips are split into, read "
+                                                              "as a mixture of equal weights")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes of the original")
     p.add_argument("--reference_repo", default=None, help="checkout of jik876/hifi-gan to time as well")
     p.add_argument("--reference_python", default=sys.executable, help="python with torch for the reference")
@@ -88,9 +95,14 @@ def main(argv=None) -> int:
 
     cfg = config_from_dict({**load_config(args.config).raw, "batch_size": args.batch_size})
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_corpus(tmp, cfg, args.num_clips, args.seconds, args.num_shards)
-        ours = time_ours(tmp, cfg, args.epochs)
-        print(f"tf.data input: {ours['clips_per_second']:.0f} clips/s overall, "
+        dirs = [tmp] if args.num_corpora == 1 else [os.path.join(tmp, f"corpus{i}") for i in range(args.num_corpora)]
+        paths = []
+        for i, data_dir in enumerate(dirs):
+            os.makedirs(data_dir, exist_ok=True)
+            paths += write_corpus(data_dir, cfg, args.num_clips // len(dirs), args.seconds, args.num_shards, seed=i)
+        ours = time_ours(dirs, cfg, args.epochs)
+        mixture = f", a mixture of {len(dirs)} corpora" if len(dirs) > 1 else ""
+        print(f"tf.data input{mixture}: {ours['clips_per_second']:.0f} clips/s overall, "
               f"{ours['steady_clips_per_second']:.0f} clips/s after the first batch, first batch after "
               f"{ours['first_batch_seconds']:.3f} s (batch {args.batch_size}, {args.num_clips} clips x "
               f"{args.epochs} epochs)", flush=True)

@@ -3,7 +3,10 @@ that turns a UserError into one line on stderr and its exit status, and a quiet 
 
 An options field is a flag when its metadata holds help text (``option(default, help=...)``); the flag is
 ``--<field name>``, its default the field's, its type the field's annotation. A ``bool`` field is a flag that
-takes the original's spellings (``--fine_tuning True``) as well as the bare flag (``boolean_flag``).
+takes the original's spellings (``--fine_tuning True``) as well as the bare flag (``boolean_flag``). A field typed
+``X | tuple[X, ...]`` is a flag that may be given several times (``--data_dir A --data_dir B``): once gives an
+``X``, several a tuple. A field typed ``tuple[X, ...]`` takes one comma-separated value (``--mixture_weights
+0.7,0.3``).
 """
 
 from __future__ import annotations
@@ -53,6 +56,15 @@ def add_option_flags(parser: argparse.ArgumentParser, options_class: type,
             boolean_flag(parser, field.name, field.metadata[HELP])
             continue
         kwargs: dict[str, Any] = {"help": field.metadata[HELP]}
+        item_type = _repeated_type(flag_type)
+        if item_type is not None:
+            if default is not field.default:
+                raise TypeError(f"{options_class.__name__}.{field.name}: a repeatable flag's default is the field's")
+            # NOTE: "append" would add to a default list: None stands for the field's default (options_from_args).
+            kwargs["action"] = "append"
+            flag_type, default = item_type, (default if default is dataclasses.MISSING else None)
+        elif typing.get_origin(flag_type) is tuple:
+            flag_type = comma_list(typing.get_args(flag_type)[0])
         if flag_type is not str:
             kwargs["type"] = flag_type
         if default is dataclasses.MISSING:
@@ -85,16 +97,53 @@ def boolean_flag(parser: argparse.ArgumentParser, name: str, help: str, add=None
                                  help=f"{help} (bare flag: true; or true/false, 1/0, yes/no)")
 
 
+def comma_list(item_type: Callable[[str], Any]) -> Callable[[str], tuple]:
+    """The argparse type of a comma-separated flag value: ``"0.7,0.3"`` -> ``(0.7, 0.3)``."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(item_type(item.strip()) for item in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {item_type.__name__} values, got "
+                                             f"{text!r}") from None
+
+    parse.__name__ = f"{item_type.__name__} list"  # argparse names the type in its error
+    return parse
+
+
 def options_from_args(options_class: type, args: argparse.Namespace, **fields: Any) -> Any:
-    """``options_class`` made from the parsed flags of its flag fields, plus ``fields`` (those that are not flags)."""
-    return options_class(**{field.name: getattr(args, field.name) for field in flag_fields(options_class)}, **fields)
+    """``options_class`` made from the parsed flags of its flag fields, plus ``fields`` (those that are not flags).
+    A repeatable flag given once is its one value, given several times a tuple, not given the field's default."""
+    hints = typing.get_type_hints(options_class)
+    values = {}
+    for field in flag_fields(options_class):
+        value = getattr(args, field.name)
+        if _repeated_type(_without_none(hints[field.name])) is not None:
+            if value is None:
+                continue  # the field's default
+            value = value[0] if len(value) == 1 else tuple(value)
+        values[field.name] = value
+    return options_class(**values, **fields)
 
 
 def _without_none(hint: Any) -> Any:
-    """``int`` for ``int | None`` (and ``Optional[int]``); the hint itself otherwise."""
+    """``int`` for ``int | None`` (and ``Optional[int]``); the hint itself otherwise (``str | tuple[str, ...]``
+    stays a union)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return args[0] if len(args) == 1 else hint
     return hint
+
+
+def _repeated_type(hint: Any) -> Any:
+    """``X`` for a hint ``X | tuple[X, ...]`` (a repeatable flag); None otherwise."""
+    if typing.get_origin(hint) not in (typing.Union, types.UnionType):
+        return None
+    args = typing.get_args(hint)
+    for arg in args:
+        if typing.get_origin(arg) is tuple and typing.get_args(arg)[1:] == (Ellipsis,) and \
+                set(args) == {typing.get_args(arg)[0], arg}:
+            return typing.get_args(arg)[0]
+    return None
 
 
 class ArgumentParser(argparse.ArgumentParser):

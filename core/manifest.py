@@ -84,15 +84,25 @@ class Manifest:
     def difference(self, other: "Manifest") -> str | None:
         """None if ``other`` is a dataset of the same kind (audio fingerprint, audio encoding, teacher forcing);
         else one line naming what differs, as it is here and in ``other``."""
+        return self._difference(other, "there", "here", encoding=True)
+
+    def mixture_difference(self, other: "Manifest", name: str, other_name: str) -> str | None:
+        """None if ``other``'s shards can be mixed with these in one training (the same audio fingerprint and the
+        same kind of mels; the audio encoding may differ: each dataset is parsed with its own); else one line
+        naming what differs, with the value of each dataset after its name."""
+        return self._difference(other, name, other_name, encoding=False)
+
+    def _difference(self, other: "Manifest", ours: str, theirs: str, encoding: bool) -> str | None:
+        """The first difference of ``other`` from this manifest, the values labelled ``ours`` and ``theirs``."""
         for key in sorted(set(self.fingerprint) | set(other.fingerprint)):
             if self.fingerprint.get(key) != other.fingerprint.get(key):
-                return (f"audio fingerprint ({key} {self.fingerprint.get(key)!r} there, "
-                        f"{other.fingerprint.get(key)!r} here)")
-        if self.audio_encoding != other.audio_encoding:
-            return f"audio encoding ({self.audio_encoding} there, {other.audio_encoding} here)"
+                return (f"audio fingerprint ({key} {self.fingerprint.get(key)!r} {ours}, "
+                        f"{other.fingerprint.get(key)!r} {theirs})")
+        if encoding and self.audio_encoding != other.audio_encoding:
+            return f"audio encoding ({self.audio_encoding} {ours}, {other.audio_encoding} {theirs})"
         if self.teacher_forced != other.teacher_forced:
             kind = {True: "teacher-forced mels", False: "ground-truth mels"}
-            return f"kind ({kind[self.teacher_forced]} there, {kind[other.teacher_forced]} here)"
+            return f"kind ({kind[self.teacher_forced]} {ours}, {kind[other.teacher_forced]} {theirs})"
         return None
 
     def mismatch(self, audio: AudioConfig) -> str | None:

@@ -3,6 +3,14 @@ dynamic-range int8 weights) and ONNX, each taking mel [batch, frames, num_mels] 
 audio [batch, frames * hop_size]. Every export is run against the Keras model on a test input before it takes
 its name; an existing output is refused unless ``overwrite`` is given, and then replaced only once the new one
 passed its check.
+
+A SavedModel can also be exported in bfloat16 (``precision="bfloat16"``: model/precision.py's bfloat16 copy,
+bf16 weights, half the size); its signature still takes and returns float32, and its check is against the
+bfloat16 Keras model. TFLite and ONNX exports are float32 only: neither runtime has bfloat16 convolutions on CPU.
+
+A float32 SavedModel can also carry the streaming signatures (``streaming=True``; model/streaming.py):
+``stream_initial_state``, ``stream_step(mel_chunk, state) -> {audio, state}`` and ``stream_flush(state)``; the
+check then streams a test mel through them in chunks and compares with the Keras model's one pass.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from core.config import HiFiGANConfig
 from core.errors import UserError
 from core.storage import TF_IO, check_writable, existing_output, exists, first_line, is_uri, join
 from model.generator import fold_for_inference
+from model.precision import PRECISIONS, inference_generator
+from model.streaming import StreamingVocoder, stream_vocode, streaming_module, streaming_signatures
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +52,12 @@ class ExportWriteError(ExportError):
 
 
 class _Serving(tf.Module):
-    """Holds the (folded) generator and its serving function; what tf.saved_model.save writes."""
+    """Holds the (folded) generator and its serving function, and optionally the streaming module; what
+    tf.saved_model.save writes."""
 
-    def __init__(self, generator, num_mels: int):
+    def __init__(self, generator, num_mels: int, stream=None):
         super().__init__()
-        self.generator = generator
+        self.generator, self.stream = generator, stream
         self.serve = tf.function(self._serve, input_signature=[
             tf.TensorSpec([None, None, num_mels], tf.float32, name=INPUT_NAME)])
 
@@ -65,11 +76,14 @@ def example_mel(cfg: HiFiGANConfig, frames: int = 64, batch: int = 1, seed: int 
     return np.maximum(mel, np.log(1e-5)).astype(np.float32)
 
 
-def export_saved_model(generator, cfg: HiFiGANConfig, path: str) -> None:
-    """Writes a SavedModel whose 'serving_default' signature maps mel -> audio for any batch and length."""
+def export_saved_model(generator, cfg: HiFiGANConfig, path: str, streaming: bool = False) -> None:
+    """Writes a SavedModel whose 'serving_default' signature maps mel -> audio for any batch and length; with
+    ``streaming``, also the streaming signatures (STREAM_SIGNATURES)."""
     fold_for_inference(generator)
-    module = _Serving(generator, cfg.audio.num_mels)
-    tf.saved_model.save(module, path, signatures={SIGNATURE_KEY: module.serve})
+    stream = streaming_module(generator, cfg) if streaming else None
+    module = _Serving(generator, cfg.audio.num_mels, stream)
+    signatures = {SIGNATURE_KEY: module.serve, **(streaming_signatures(stream) if streaming else {})}
+    tf.saved_model.save(module, path, signatures=signatures)
 
 
 def tflite_bytes(generator, cfg: HiFiGANConfig, quantization: str) -> bytes:
@@ -165,6 +179,8 @@ class TFLiteVocoder:
 
 
 def _max_abs_diff(name: str, ours: np.ndarray, expected: np.ndarray) -> float:
+    if ours.dtype != np.float32:
+        raise ExportError(f"{name}: output is {ours.dtype}, not float32")
     if ours.shape != expected.shape:
         raise ExportError(f"{name}: output shape {list(ours.shape)} differs from the Keras model's "
                           f"{list(expected.shape)}")
@@ -184,6 +200,15 @@ def check_saved_model(path: str, generator, cfg: HiFiGANConfig, name: str | None
         worst = max(worst, _max_abs_diff(name or path,
                                          loaded(**{INPUT_NAME: tf.constant(x)})[OUTPUT_NAME].numpy(), expected))
     return worst
+
+
+def check_streaming(path: str, generator, cfg: HiFiGANConfig, name: str | None = None) -> float:
+    """Max |streamed - Keras one pass| of a SavedModel's streaming signatures on a test mel fed in chunks of
+    1, 5 and 16 frames."""
+    streamer = StreamingVocoder.from_module(tf.saved_model.load(path))
+    x = example_mel(cfg, 64)
+    expected = generator(x, training=False).numpy()[0, :, 0]
+    return max(_max_abs_diff(name or path, stream_vocode(streamer, x[0], chunk), expected) for chunk in (1, 5, 16))
 
 
 def check_tflite(path: str, generator, cfg: HiFiGANConfig, name: str | None = None) -> float:
@@ -273,14 +298,16 @@ def _commit(staged: str, path: str) -> None:
         os.replace(staged, path)
 
 
-def _write_checked(generator, cfg: HiFiGANConfig, flavour: str, path: str) -> float:
+def _write_checked(generator, cfg: HiFiGANConfig, flavour: str, path: str, streaming: bool = False) -> float:
     """Writes one export under a staged name, checks it against the Keras model, then renames it to ``path``;
     returns the largest difference. A failure (or Ctrl-C) leaves ``path`` as it was and removes the staged one."""
     staged = _staged(path)
     try:
         if flavour == "saved_model":
-            export_saved_model(generator, cfg, staged)
+            export_saved_model(generator, cfg, staged, streaming)
             diff = check_saved_model(staged, generator, cfg, name=path)
+            if streaming:
+                diff = max(diff, check_streaming(staged, generator, cfg, name=f"{path} (streaming)"))
         else:
             model = onnx_bytes(generator, cfg) if flavour == "onnx" else tflite_bytes(generator, cfg, flavour)
             with open(staged, "wb") as f:
@@ -300,10 +327,18 @@ def _write_checked(generator, cfg: HiFiGANConfig, flavour: str, path: str) -> fl
 
 
 def plan(fmt: str, output: str, quantizations: tuple[str, ...] = TFLITE_QUANTIZATIONS,
-         overwrite: bool = False) -> dict[str, str]:
-    """{path: what is written there} once the outputs fit the format, may be written (not existing, or
-    ``overwrite``) and their directory is writable; otherwise ExportError / OutputError, one line, before any
-    work (run_export.py calls it before it loads the checkpoint)."""
+         overwrite: bool = False, precision: str = "float32", streaming: bool = False) -> dict[str, str]:
+    """{path: what is written there} once the outputs fit the format and ``precision``, may be written (not
+    existing, or ``overwrite``) and their directory is writable; otherwise ExportError / OutputError, one line,
+    before any work (run_export.py calls it before it loads the checkpoint)."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision != "float32" and fmt != "saved_model":
+        raise ExportError(f"--precision {precision} exports a SavedModel only (--format saved_model): TFLite and "
+                          f"ONNX runtimes have no {precision} convolutions on CPU")
+    if streaming and (fmt != "saved_model" or precision != "float32"):
+        raise ExportError("--streaming adds its signatures to a float32 SavedModel only (--format saved_model, "
+                          "--precision float32)")
     targets = _targets(fmt, output, quantizations)
     _refuse_existing(targets, overwrite)
     where = output if len(targets) > 1 or is_uri(output) else os.path.dirname(os.path.abspath(output))
@@ -312,16 +347,20 @@ def plan(fmt: str, output: str, quantizations: tuple[str, ...] = TFLITE_QUANTIZA
 
 
 def export(generator, cfg: HiFiGANConfig, fmt: str, output: str,
-           quantizations: tuple[str, ...] = TFLITE_QUANTIZATIONS, overwrite: bool = False) -> dict[str, float]:
-    """Exports to ``output`` and checks it; returns {written path: max abs difference to the Keras model}.
+           quantizations: tuple[str, ...] = TFLITE_QUANTIZATIONS, overwrite: bool = False,
+           precision: str = "float32", streaming: bool = False) -> dict[str, float]:
+    """Exports to ``output`` and checks it; returns {written path: max abs difference to the Keras model at
+    ``precision``}. A "bfloat16" export is a SavedModel of the bfloat16 copy (float32 mel in, float32 audio out).
+    ``streaming`` adds the streaming signatures to a float32 SavedModel (checked in chunks against one pass).
 
     ``fmt`` "saved_model": ``output`` is the SavedModel directory. "onnx": the .onnx file. "tflite": with one
     quantization, ``output`` is the .tflite path; with several, a directory receiving
     generator_<quantization>.tflite for each. An output that exists (a file, a non-empty directory) is refused
     unless ``overwrite``; each export is written under a hidden name beside its path and renamed once checked.
     """
-    targets = plan(fmt, output, quantizations, overwrite)
-    results = {path: _write_checked(generator, cfg, flavour, path) for path, flavour in targets.items()}
+    targets = plan(fmt, output, quantizations, overwrite, precision, streaming)
+    generator = inference_generator(generator, precision)
+    results = {path: _write_checked(generator, cfg, flavour, path, streaming) for path, flavour in targets.items()}
     for path, diff in results.items():
         log.debug("%s: max |export - keras| = %.3g", path, diff)
     return results

@@ -28,7 +28,8 @@ from core.filelist import FilelistError, input_name, listed_paths
 from core.mel import MelExtractor
 from core.melfile import MelFileError, load_mel_file, mel_warning
 from core.storage import TF_IO, check_writable, first_line, read_bytes
-from model.generator import fold_for_inference
+from model.precision import PRECISIONS, inference_generator
+from model.streaming import StreamingVocoder, stream_vocode
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +97,20 @@ class Vocoder:
     vocoded in chunks of that many frames plus ``context_frames`` (default: the receptive field) on each side.
     ``jit_compile`` compiles with XLA (one compilation per distinct input shape). ``backend="tflite"`` runs the
     generator converted to a float32 TFLite model instead (XNNPACK; see benchmarks/bench_inference.py for the
-    speed of each way; the conversion takes ~30 s for V1).
+    speed of each way; the conversion takes ~30 s for V1). ``precision="bfloat16"`` runs a bfloat16 copy of the
+    generator (TensorFlow backend only); the audio is float32 either way.
     """
 
     def __init__(self, generator, cfg: HiFiGANConfig, max_batch_frames: int = 8192, chunk_frames: int = 2048,
                  context_frames: int | None = None, jit_compile: bool = False, backend: str = "tf",
-                 num_threads: int | None = None):
-        fold_for_inference(generator)
-        self.generator = generator
+                 num_threads: int | None = None, precision: str = "float32"):
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision != "float32" and backend != "tf":
+            raise InputError(f"precision {precision} runs with the TensorFlow backend only (TFLite has no "
+                             f"{precision} kernels on CPU)")
+        self.precision = precision
+        self.generator = inference_generator(generator, precision)
         self.num_mels, self.hop_size = cfg.audio.num_mels, cfg.audio.hop_size
         for name, value, low in (("chunk_frames", chunk_frames, 1), ("max_batch_frames", max_batch_frames, 1),
                                  ("context_frames", 0 if context_frames is None else context_frames, 0)):
@@ -119,7 +126,7 @@ class Vocoder:
         elif backend == "tflite":
             from model.export import TFLiteVocoder, tflite_bytes
 
-            self._forward = TFLiteVocoder(tflite_bytes(generator, cfg, "float32"), num_threads=num_threads)
+            self._forward = TFLiteVocoder(tflite_bytes(self.generator, cfg, "float32"), num_threads=num_threads)
         else:
             raise ValueError(f"backend {backend!r} is not 'tf' or 'tflite'")
 
@@ -179,6 +186,19 @@ class Vocoder:
                                  max(w.keep_start, frames - self.context), frames))
         self._run(mels, outputs, tails, same_length=True, progress=False)
         return outputs
+
+
+class StreamedVocoder:
+    """What ``run_inference.py --stream_frames K`` vocodes with: a Vocoder-like callable (list of mels -> list of
+    audio) that runs each utterance through one StreamingVocoder, K frames at a time."""
+
+    def __init__(self, generator, cfg, chunk_frames: int):
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        self.streamer, self.chunk_frames = StreamingVocoder(generator, cfg), chunk_frames
+
+    def __call__(self, mels, progress: bool = False) -> list[np.ndarray]:
+        return [stream_vocode(self.streamer, np.asarray(mel, np.float32), self.chunk_frames) for mel in mels]
 
 
 def mel_from_audio_file(path: str, extractor: MelExtractor) -> np.ndarray:

@@ -13,10 +13,10 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-logger = logging.getLogger("hifigan.train")
+# (n_fft, hop, win) of the validation STFT distance: one definition for validation and run_evaluate.py.
+from core.metrics import STFT_RESOLUTIONS
 
-# (n_fft, hop, win) of the validation STFT distance (ParallelWaveGAN's multi-resolution STFT loss settings).
-STFT_RESOLUTIONS = ((1024, 120, 600), (2048, 240, 1200), (512, 50, 240))
+logger = logging.getLogger("hifigan.train")
 
 
 def stdout_line(step: int, gen_loss_total: float, mel_error: float, seconds_per_batch: float) -> str:

@@ -27,6 +27,8 @@ import tensorflow as tf
 from core.config import CONFIG_NAME, HiFiGANConfig
 from core.storage import TF_IO, check_writable, first_line, is_uri
 from model import checkpoint as ckpt_lib
+from model.corpora import mixture_record_for, write_mixture
+from model.data import Corpus
 from model.logging_utils import logger
 from model.options import TrainingError, TrainOptions
 from model.trainer import Trainer
@@ -270,10 +272,13 @@ def _resume(cfg: HiFiGANConfig, trainer: Trainer, options: TrainOptions, latest:
         ckpt_lib.record_changes(options.checkpoint_path, step, changes)
 
 
-def open_run_state(cfg: HiFiGANConfig, trainer: Trainer, options: TrainOptions) -> RunState:
+def open_run_state(cfg: HiFiGANConfig, trainer: Trainer, options: TrainOptions,
+                   corpora: list[Corpus] | None = None) -> RunState:
     """Resumes ``trainer`` from ``options.checkpoint_path`` if it holds a checkpoint, else initialises it from
     ``options.init_from`` if given; the chief checks that it can write there, locks it and writes config.json
-    beside (a new run's; a resumed run keeps its own). Close the RunState to release the lock."""
+    beside (a new run's; a resumed run keeps its own), and the data mixture of ``corpora`` (data_mixture.json;
+    a resumed run's mixture must sample as the recorded one unless --allow_config_change, as for config.json).
+    Close the RunState to release the lock."""
     chief = worker_is_chief(trainer.strategy)
     lock = None
     if chief:
@@ -293,10 +298,14 @@ def open_run_state(cfg: HiFiGANConfig, trainer: Trainer, options: TrainOptions) 
                 logger.warning("--init_from ignored: %s already holds a checkpoint", save_dir)
         elif options.init_from:
             init_from(trainer, options.init_from, options.keep_schedule)
+        mixture = mixture_record_for(options.checkpoint_path, corpora, int(trainer.step) if latest else None,
+                                     options.allow_config_change) if corpora else None
         if chief:
             # A resumed run keeps its config.json (written anew only where it is missing).
             with_config = not latest or not tf.io.gfile.exists(os.path.join(options.checkpoint_path, CONFIG_NAME))
             ckpt_lib.write_json_beside(options.checkpoint_path, cfg, with_config=with_config)
+            if mixture is not None:
+                write_mixture(options.checkpoint_path, mixture)
         return RunState(trainer, manager, chief, resumed=bool(latest), lock=lock)
     except BaseException:
         if lock is not None:

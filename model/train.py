@@ -19,6 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from core.config import HiFiGANConfig
 from model import checkpoint as ckpt_lib
 from model import data as data_lib
+from model.corpora import load_corpora, mixture_record
 from model.logging_utils import RunConsole, StepRate, logger, stdout_line, write_config, write_scalars
 from model.options import TrainingError, TrainOptions
 from model.run_state import RunState, open_run_state, signal_handlers
@@ -32,19 +33,6 @@ __all__ = ["Trainer", "TrainingError", "TrainOptions", "train"]
 def _sigterm_as_interrupt():
     """SIGTERM raises KeyboardInterrupt (so a killed job saves like Ctrl-C); only from the main thread."""
     return signal_handlers({signal.SIGTERM: signal.default_int_handler})
-
-
-def _check_data(cfg: HiFiGANConfig, options: TrainOptions):
-    manifest = data_lib.load_manifest(options.data_dir)
-    reason = manifest.mismatch(cfg.audio)
-    if reason:
-        raise TrainingError(f"{options.data_dir}: shards do not fit the config: {reason}")
-    if options.fine_tuning and not manifest.teacher_forced:
-        raise TrainingError(f"{options.data_dir}: --fine_tuning needs teacher-forced shards (run_preprocess.py "
-                            f"with teacher mels); these hold ground-truth mels")
-    data_lib.verify_shards(options.data_dir, manifest)
-    data_lib.steps_per_epoch(manifest, cfg.training.batch_size, options.data_dir)
-    return manifest
 
 
 def _trainer_for(cfg: HiFiGANConfig, options: TrainOptions, strategy, trainer: Trainer | None) -> Trainer:
@@ -67,27 +55,28 @@ def train(cfg: HiFiGANConfig, options: TrainOptions, strategy: tf.distribute.Str
     A ``trainer`` of an earlier call may be passed to skip rebuilding and retracing (tests, notebooks); its
     state is then replaced by the checkpoint in ``checkpoint_path``, which must exist.
     """
-    manifest = _check_data(cfg, options)
+    corpora = load_corpora(cfg, options.data_dirs, options.mixture_weights, options.fine_tuning)
     seed = cfg.training.seed if options.seed is None else options.seed
     trainer = _trainer_for(cfg, options, strategy, trainer)
     # SIGTERM is Ctrl-C from here on, final save included; the checkpoint directory is locked inside.
-    with _sigterm_as_interrupt(), open_run_state(cfg, trainer, options) as state:
-        _Loop(cfg, options, trainer, state, manifest, seed).run()
+    with _sigterm_as_interrupt(), open_run_state(cfg, trainer, options, corpora) as state:
+        _Loop(cfg, options, trainer, state, corpora, seed).run()
     return trainer
 
 
 class _Loop:
     """Epochs of steps from the run's current step and epoch (mid-epoch after a resume), then a final save."""
 
-    def __init__(self, cfg: HiFiGANConfig, options: TrainOptions, trainer: Trainer, state: RunState, manifest,
+    def __init__(self, cfg: HiFiGANConfig, options: TrainOptions, trainer: Trainer, state: RunState, corpora,
                  seed: int):
         self.cfg, self.options, self.trainer, self.state = cfg, options, trainer, state
-        self.manifest, self.seed, self.chief = manifest, seed, state.chief
+        self.corpora, self.seed, self.chief = corpora, seed, state.chief
         self.writer = tf.summary.create_file_writer(os.path.join(options.checkpoint_path, "logs")) \
             if self.chief else None
-        self.validator = Validator(trainer, options.data_dir, manifest, options.validation_clips,
-                                   options.logged_clips) if self.chief and options.validation_interval > 0 else None
-        self.steps_per_epoch = data_lib.steps_per_epoch(manifest, cfg.training.batch_size, options.data_dir)
+        self.validator = Validator(trainer, corpora, options.validation_clips, options.logged_clips,
+                                   options.validation_metric_clips) \
+            if self.chief and options.validation_interval > 0 else None
+        self.steps_per_epoch = data_lib.mixture_steps_per_epoch(corpora, cfg.training.batch_size)
         self.last = None  # the last step's losses
         self.total_steps = options.training_epochs * self.steps_per_epoch
         if options.training_steps is not None:
@@ -130,14 +119,14 @@ class _Loop:
         epoch = int(trainer.epoch)
         trainer.set_epoch(epoch)
         skip = min(max(int(trainer.step) - epoch * spe, 0), spe)
-        dataset = data_lib.distributed_train_dataset(trainer.strategy, options.data_dir, self.manifest, self.cfg,
-                                                     self.seed, epoch, skip_steps=skip)
+        dataset = data_lib.distributed_mixture_dataset(trainer.strategy, self.corpora, self.cfg, self.seed, epoch,
+                                                       skip_steps=skip)
         start = time.time()
         # NOTE: the original prints "Epoch: N" and the epoch's time at every epoch: hundreds of lines on a small
         # corpus. The run's one bar shows the epoch; these lines are DEBUG.
         logger.debug("Epoch: %d", epoch + 1)
         self.console.epoch(epoch + 1)
-        for batch in data_lib.checked_read(dataset, options.data_dir, self.manifest):
+        for batch in data_lib.checked_mixture_read(dataset, self.corpora):
             if self._done():
                 break
             step_start = time.time()
@@ -188,11 +177,12 @@ class _Loop:
             return
         cfg, options, step = self.cfg, self.options, int(self.trainer.step)
         logger.info("training %s from step %d to %d (%d steps per epoch, batch %d, %d Hz, %d mels); checkpoints, "
-                    "config.json and TensorBoard logs (logs/) in %s", options.data_dir, step, self.total_steps,
+                    "config.json and TensorBoard logs (logs/) in %s", _describe(self.corpora), step, self.total_steps,
                     self.steps_per_epoch, cfg.training.batch_size, cfg.audio.sampling_rate, cfg.audio.num_mels,
                     options.checkpoint_path)
         write_config(self.writer, {"config": cfg.to_json(),
-                                   "options": json.dumps(dataclasses.asdict(options), indent=2)})
+                                   "options": json.dumps(dataclasses.asdict(options), indent=2),
+                                   "data_mixture": json.dumps(mixture_record(self.corpora), indent=2)})
 
     def _report_end(self) -> None:
         """The bar's last state, then a summary line."""
@@ -203,3 +193,10 @@ class _Loop:
                         "tensorboard --logdir %s", int(self.trainer.step), steps, seconds,
                         steps / max(seconds, 1e-9), self.options.checkpoint_path,
                         os.path.join(self.options.checkpoint_path, "logs"))
+
+
+def _describe(corpora) -> str:
+    """The data directory, or a mixture's directories with their weights."""
+    if len(corpora) == 1:
+        return corpora[0].data_dir
+    return "a mixture of " + ", ".join(f"{c.data_dir} ({c.weight:.3g})" for c in corpora)

@@ -152,6 +152,28 @@ def test_flags_follow_the_dataclass():
     assert with_default.parse_args([]).name == "dflt"
 
 
+def test_repeatable_and_comma_list_flags_follow_the_dataclass():
+    """``X | tuple[X, ...]``: a flag given once is an X, several times a tuple, absent the field's default;
+    ``tuple[X, ...]``: one comma-separated value."""
+    @dataclasses.dataclass(frozen=True)
+    class Options:
+        path: str | tuple[str, ...] = cli.option(help="one or several paths")
+        extra: int | tuple[int, ...] = cli.option(7, help="one or several numbers")
+        weights: tuple[float, ...] | None = cli.option(None, help="comma-separated weights")
+
+    parser = cli.ArgumentParser(prog="p")
+    cli.add_option_flags(parser, Options)
+    assert parser.flag_names == ["path", "extra", "weights"]
+    parse = lambda *argv: cli.options_from_args(Options, parser.parse_args(argv))  # noqa: E731
+    assert parse("--path", "a") == Options(path="a")
+    assert parse("--path", "a", "--path", "b", "--extra", "1", "--extra", "2", "--weights", "0.5, 2") == \
+        Options(path=("a", "b"), extra=(1, 2), weights=(0.5, 2.0))
+    assert parse("--path", "a", "--extra", "3").extra == 3
+    for bad in (["--extra", "1"], ["--path", "a", "--weights", "1,x"], ["--path", "a", "--extra", "x"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+
+
 def test_misspelled_flags_are_refused(capsys):
     import run_preprocess
 

@@ -24,13 +24,13 @@ def _imported(modules: str, names: tuple[str, ...]) -> list[bool]:
 
 def test_model_side_never_imports_beam():
     modules = ("core.config, core.audio, core.mel, core.records, core.manifest, core.filelist, core.melfile, "
-               "core.storage, model.data, model.inference")
+               "core.storage, model.data, model.inference, model.evaluate")
     assert _imported(modules, ("apache_beam",)) == [False]
 
 
 def test_core_imports_neither_beam_nor_tensorflow():
     modules = ("core.filelist, core.storage, core.records, core.melfile, core.audio, core.mel, core.manifest, "
-               "core.config")
+               "core.config, core.metrics")
     assert _imported(modules, ("apache_beam", "tensorflow")) == [False, False]
 
 

@@ -196,7 +196,7 @@ def test_a_full_disk_keeps_the_old_saved_model(tiny_checkpoint, tmp_path, capsys
     the older SavedModel is untouched and the partial new one removed."""
     import model.export
 
-    def full_disk(generator, cfg, path):
+    def full_disk(generator, cfg, path, streaming=False):
         os.makedirs(os.path.join(path, "variables"))
         raise OSError(errno.ENOSPC, "No space left on device", path)
 

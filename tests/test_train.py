@@ -20,7 +20,7 @@ from model.options import TrainingError, TrainOptions
 from model.train import train
 from model.trainer import Trainer
 from core.config import load_config
-from tests.train_helpers import config_file, debug_config, tone_clip, tone_shards, write_shards
+from tests.train_helpers import config_file, debug_config, scalars, tone_clip, tone_shards, write_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny: 4 frames per segment, batch 1, one period discriminator (the MSD is always the full one).
@@ -129,14 +129,17 @@ def test_fine_tuning_from_a_generator_only_checkpoint(root, make_trainer, tmp_pa
 
 
 def test_validation_writes_tensorboard_logs_and_no_grappler_failure(root, make_trainer, capfd):
-    """Two steps, each followed by validation: the logs hold every tag. TF 2.21's remapper fails on the train step's
-    graph with an E-level log line; the step runs without it, and the option is back on afterwards for the
-    functions that fuse fine (inference, validation: it runs between the steps here)."""
+    """Two steps, each followed by validation: the logs hold every tag, the evaluation metrics' (core/metrics.py)
+    among them. TF 2.21's remapper fails on the train step's graph with an E-level log line; the step runs without
+    it, and the option is back on afterwards for the functions that fuse fine (inference, validation: it runs
+    between the steps here)."""
     trainer = make_trainer()
     path = start(root, "logs")
-    train(CFG, options(root / "data", path, 2, validation_interval=1, summary_interval=1), trainer=trainer)
+    train(CFG, options(root / "data", path, 2, validation_interval=1, summary_interval=1, validation_metric_clips=1),
+          trainer=trainer)
     assert len(trainer.history) == 2 and all(np.isfinite(h["gen_loss_total"]) for h in trainer.history)
-    assert "remapper failed" not in capfd.readouterr().err
+    output = capfd.readouterr()
+    assert "remapper failed" not in output.err
     assert tf.config.optimizer.get_experimental_options().get("remapping", True)
     tags = set()
     for event_file in glob.glob(str(path / "logs" / "events.out.tfevents.*")):
@@ -147,6 +150,16 @@ def test_validation_writes_tensorboard_logs_and_no_grappler_failure(root, make_t
                 "validation/mel_spec_error", "validation/stft_distance", "gt/y_0", "generated/y_hat_0/audio",
                 "generated/y_hat_0/mel"}
     assert expected <= tags, expected - tags
+    # The metrics defined on the val clip (a tone of 6-12 frames at 8 kHz: too short for PESQ, which is left out,
+    # and voiced, so V/UV F1 and periodicity are defined) are written once per validation, finite.
+    written = scalars(path / "logs")
+    metrics = {"validation/mel_l1", "validation/mrstft", "validation/periodicity", "validation/vuv_f1"}
+    assert metrics <= set(written) and "validation/pesq" not in written, set(written)
+    for tag in metrics:
+        assert len(written[tag]) == 2 and np.all(np.isfinite(written[tag])), (tag, written[tag])
+    assert np.all(np.asarray(written["validation/vuv_f1"]) <= 1)
+    assert np.all(np.asarray(written["validation/mrstft"]) > 0)
+    assert output.out.count("validation at step") == 2 and "V/UV F1 " in output.out
 
 
 def run_cli(*args):
@@ -276,7 +289,8 @@ def test_corrupt_checkpoint_index_is_refused(root, make_trainer, index, why):
     with pytest.raises(ckpt_lib.CheckpointError, match=message):
         train(CFG, options(root / "data", path, 1), trainer=trainer)
     assert sorted(os.listdir(path)) == sorted(["audio_fingerprint.json", "ckpt-0.data-00000-of-00001", "ckpt-0.index",
-                                               "config.json", "logs"] + (["checkpoint"] if index else []))
+                                               "config.json", "data_mixture.json", "logs"] +
+                                              (["checkpoint"] if index else []))
 
 
 def copy_data(root, tmp_path):

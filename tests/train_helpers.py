@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -88,4 +89,15 @@ def tone_shards(data_dir, cfg, num_train: int = 8, num_val: int = 2, frames=(20,
     return write_shards(data_dir, cfg, clips, **kwargs)
 
 
-__all__ = ["debug_config", "config_file", "load_config", "tone_clip", "tone_shards", "write_shards"]
+def scalars(log_dir) -> dict[str, list[float]]:
+    """{tag: [value per step written]} of the TensorBoard scalars in the event files of ``log_dir``."""
+    values: dict[str, list[float]] = {}
+    for event_file in sorted(glob.glob(os.path.join(str(log_dir), "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(event_file):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "scalars":
+                    values.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
+    return values
+
+
+__all__ = ["debug_config", "config_file", "load_config", "scalars", "tone_clip", "tone_shards", "write_shards"]

@@ -1,4 +1,5 @@
-"""Regenerate tests/fixtures/train_step_parity.npz: two steps of the original's training loop (jik876/hifi-gan).
+"""Regenerate tests/fixtures/train_step_parity.npz and train_step_parity_small.npz: two steps of the original's
+training loop (jik876/hifi-gan).
 
 Run with a Python that has torch, librosa and scipy (not the project's venv), from the repo root, after
 tools/make_fixtures.py (the batches are cut from the speech clip of its mel_parity.npz):
@@ -15,6 +16,10 @@ batches, every loss of both steps, and after step 2 the whole generator, every d
 ``FULL_SIZE`` elements (biases, weight_g, the first and last convolutions), spectral norm's u and v, and of the
 larger ones ``sample_points`` elements plus the L2 norm of their total update; and the reference's commit and
 the torch version.
+
+train_step_parity_small.npz is the same with 512-sample segments and the MPD's period-2 discriminator only (the
+original's DiscriminatorP(2); our config's ``mpd_periods``): a step's compiled graph a quarter smaller, for the
+tests of the compiled, distributed, bfloat16 and XLA paths, which each trace (or compile) it.
 
 The original runs as it is: each sub-discriminator is called on real, then on generated audio, so MSD's
 spectral-normalised first scale does two power iterations per pass, as our trainer's separate calls do.
@@ -37,6 +42,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = dict(batch_size=2, segment_size=1024, upsample_rates=[8, 8, 4], upsample_kernel_sizes=[16, 16, 8],
                  upsample_initial_channel=16, resblock="1", resblock_kernel_sizes=[3, 7],
                  resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]])
+# name -> the keys of configs/v1.json it overrides
+FIXTURES = {"train_step_parity.npz": OVERRIDES,
+            "train_step_parity_small.npz": {**OVERRIDES, "segment_size": 512, "mpd_periods": [2]}}
 STEPS = 2
 FULL_SIZE = 4096  # discriminator tensors up to this size are stored whole after the steps
 SEED = 1234
@@ -53,15 +61,12 @@ def _segments(speech_int16: np.ndarray, h) -> np.ndarray:
     return np.stack([audio[s:s + h.segment_size] for s in starts]).astype(np.float32)
 
 
-def _numpy_state(module) -> dict[str, np.ndarray]:
-    return {k: v.detach().numpy().astype(np.float32) for k, v in module.state_dict().items()}
-
-
-def make_train_step_fixture(ref: reference.Reference, speech_int16: np.ndarray) -> dict[str, np.ndarray]:
+def make_train_step_fixture(ref: reference.Reference, speech_int16: np.ndarray,
+                            overrides: dict = OVERRIDES) -> dict[str, np.ndarray]:
     import torch
 
     with open(os.path.join(ROOT, "configs", "v1.json"), encoding="utf-8") as f:
-        raw = {**json.load(f), **OVERRIDES}
+        raw = {**json.load(f), **overrides}
     h = ref.hparams(raw)
     torch.manual_seed(SEED)
     nets = reference.build_training(ref, h)
@@ -69,11 +74,11 @@ def make_train_step_fixture(ref: reference.Reference, speech_int16: np.ndarray) 
     out = {"config": np.asarray(json.dumps(raw)), "scheme": np.asarray(SCHEME), **ref.provenance_arrays()}
     for name, net in (("mpd", mpd), ("msd", msd)):
         shapes = {k: list(v.shape) for k, v in net.state_dict().items()}
-        net.load_state_dict({k: torch.from_numpy(v) for k, v in synthetic_state(shapes).items()})
+        reference.load_numpy_state(net, synthetic_state(shapes))
         out[f"{name}/shapes"] = np.asarray(json.dumps(shapes))
-    for key, value in _numpy_state(generator).items():
+    for key, value in reference.numpy_state(generator).items():
         out[f"initial/generator/{key}"] = value
-    initial = {"mpd": _numpy_state(mpd), "msd": _numpy_state(msd)}
+    initial = {"mpd": reference.numpy_state(mpd), "msd": reference.numpy_state(msd)}
 
     audio, mel_spectrogram = _segments(speech_int16, h), ref.meldataset.mel_spectrogram
     for step in range(STEPS):
@@ -90,10 +95,10 @@ def make_train_step_fixture(ref: reference.Reference, speech_int16: np.ndarray) 
         for key, value in losses.items():
             out[f"step{step}/{key}"] = np.float64(value)
 
-    for key, value in _numpy_state(generator).items():
+    for key, value in reference.numpy_state(generator).items():
         out[f"after/generator/{key}"] = value
     for name, net in (("mpd", mpd), ("msd", msd)):
-        state = _numpy_state(net)
+        state = reference.numpy_state(net)
         for key, value in state.items():
             prefix, _, leaf = key.rpartition(".")
             if value.size <= FULL_SIZE or (leaf in ("weight_u", "weight_v") and f"{prefix}.weight_orig" in state):
@@ -110,15 +115,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reference_repo", required=True, help="checkout of github.com/jik876/hifi-gan")
     parser.add_argument("--out", default="tests/fixtures",
-                        help="fixtures folder: reads its mel_parity.npz, writes train_step_parity.npz")
+                        help="fixtures folder: reads its mel_parity.npz, writes the FIXTURES")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ref = reference.load(args.reference_repo)
     with np.load(os.path.join(args.out, "mel_parity.npz")) as data:
         speech = data["speech_int16"]
-    path = os.path.join(args.out, "train_step_parity.npz")
-    np.savez_compressed(path, **make_train_step_fixture(ref, speech))
-    logging.info("wrote %s (%d bytes)", path, os.path.getsize(path))
+    for name, overrides in FIXTURES.items():
+        path = os.path.join(args.out, name)
+        np.savez_compressed(path, **make_train_step_fixture(ref, speech, overrides))
+        logging.info("wrote %s (%d bytes)", path, os.path.getsize(path))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ and read ``PROVENANCE_KEYS`` / ``PROVENANCE_FILE`` from it.
     h = ref.hparams(config_dict)
     nets = reference.build_training(ref, h)
     losses = reference.train_step(ref, h, nets, x, y, y_mel)
+    audio = reference.vocode(nets.generator, [mel])
 """
 
 from __future__ import annotations
@@ -137,13 +138,15 @@ class Training(NamedTuple):
 
 
 def build_training(ref: Reference, h) -> Training:
-    """Generator(h), MPD and MSD (made in this order from torch's current random state) in training mode, and the
-    two AdamW optimisers as the original's train.py builds them (torch's AdamW defaults: weight_decay 0.01,
-    eps 1e-8). Its ExponentialLR schedulers only act between epochs and are left out."""
+    """Generator(h), MPD (of ``h.mpd_periods`` where given) and MSD (made in this order from torch's current random
+    state) in training mode, and the two AdamW optimisers as the original's train.py builds them (torch's AdamW
+    defaults: weight_decay 0.01, eps 1e-8). Its ExponentialLR schedulers only act between epochs and are left out."""
     import torch
 
     generator = ref.models.Generator(h)
     mpd, msd = ref.models.MultiPeriodDiscriminator(), ref.models.MultiScaleDiscriminator()
+    if "mpd_periods" in h:  # NOTE: our optional key (the original's periods are 2, 3, 5, 7, 11)
+        mpd.discriminators = torch.nn.ModuleList(ref.models.DiscriminatorP(p) for p in h.mpd_periods)
     optim_g = torch.optim.AdamW(generator.parameters(), h.learning_rate, betas=[h.adam_b1, h.adam_b2])
     optim_d = torch.optim.AdamW(itertools.chain(msd.parameters(), mpd.parameters()), h.learning_rate,
                                 betas=[h.adam_b1, h.adam_b2])
@@ -187,6 +190,40 @@ def train_step(ref: Reference, h, nets: Training, x, y, y_mel) -> dict[str, Any]
     return dict(disc_loss_total=loss_disc_all, disc_mpd=loss_disc_f, disc_msd=loss_disc_s,
                 gen_loss_total=loss_gen_all, gen_adversarial=loss_adv, feature_matching_x2=loss_fm,
                 mel_spec_error=mel_error)
+
+
+def lr_schedulers(h, nets: Training) -> tuple[Any, Any]:
+    """The ExponentialLR schedulers of the original's train.py (gamma ``lr_decay``, a fresh run), for the generator
+    and the discriminators' optimisers: their ``step()`` is called after each epoch."""
+    import torch
+
+    return tuple(torch.optim.lr_scheduler.ExponentialLR(optim, gamma=h.lr_decay, last_epoch=-1)
+                 for optim in (nets.optim_g, nets.optim_d))
+
+
+def numpy_state(module) -> dict[str, np.ndarray]:
+    """A module's state dict as float32 numpy arrays (torch names and layouts: what model/torch_weights.py loads)."""
+    return {k: v.detach().numpy().astype(np.float32) for k, v in module.state_dict().items()}
+
+
+def load_numpy_state(module, state: dict[str, np.ndarray]) -> None:
+    """The inverse of ``numpy_state``: every key must match (torch's strict loading)."""
+    import torch
+
+    module.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+
+
+def vocode(generator, mels: list[np.ndarray]) -> list[np.ndarray]:
+    """The original's inference.py on mels [frames, num_mels] (our layout): ``generator`` with its weight norm
+    removed (in place), in eval mode, without gradients; float32 audio [frames * hop_size] each.
+    NOTE: inference.py then scales by 32768 and writes 16-bit WAVs; the float audio is returned instead."""
+    import torch
+
+    generator.eval()
+    generator.remove_weight_norm()
+    with torch.no_grad():
+        return [generator(torch.from_numpy(np.ascontiguousarray(mel.T[None], np.float32))).reshape(-1).numpy()
+                for mel in mels]
 
 
 def sha256(path: str) -> str:
