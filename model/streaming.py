@@ -41,9 +41,8 @@ CONV_PRE_POST_REACH = 3  # the right reach of conv_pre and conv_post (kernel 7, 
 
 
 def stream_latency_samples(cfg) -> int:
-    """Audio samples the stream lags its input by (``cfg``: GeneratorConfig or HiFiGANConfig): after n frames it
-    has given max(0, n * hop_size - this) samples. The right reach r = d (k - 1) - p of every convolution, in
-    samples of its own rate, carried through each upsampling (x u, + its crop P): see the module docstring."""
+    """Samples the stream lags its input by (after n frames it has given max(0, n * hop_size - this)): every
+    convolution's right reach r = d (k - 1) - p carried through each upsampling (see the module docstring)."""
     cfg = getattr(cfg, "generator", cfg)
     delay = CONV_PRE_POST_REACH
     units = 2 if cfg.resblock == "1" else 1  # convolutions per residual unit; the second one is not dilated
@@ -76,12 +75,9 @@ class _Slots:
 
 class _Pass:
     """One call's view of the state: the slots it reads, the new values it sets, packed back into one vector.
-
-    mode "start": the general case (the start of an utterance, or an empty chunk); "steady": every counter
-    saturated and at least one new frame, so no layer drops an output, every delay line is full and every layer
-    gets a new sample: the same arithmetic in fewer ops (measured 15-25 % less CPU per 1-frame chunk of V1 and
-    V3, where per-op overhead dominates); "final": the end of the utterance (no new state).
-    """
+    mode "start": the general case (an utterance's start, an empty chunk); "steady": every counter saturated and a
+    new frame, so nothing is dropped and every delay line is full: the same arithmetic in fewer ops (15-25 % less
+    CPU per 1-frame chunk of V1 and V3, where per-op overhead dominates); "final": the utterance's end."""
 
     def __init__(self, slots: _Slots, state, mode: str):
         self.slots, self.steady, self.final = slots, mode == "steady", mode == "final"
@@ -263,17 +259,12 @@ class _Stage(tf.Module):
 
 
 class StreamingModule(tf.Module):
-    """The streaming generator as a tf.Module for SavedModel export; its tf.functions (named as the signatures,
-    STREAM_SIGNATURES) take and give one stream's state, a float32 vector [state_size]:
-
-    - ``stream_initial_state()`` -> {'state': zeros [state_size]}
-    - ``stream_step(mel_chunk [frames >= 0, num_mels], state)`` -> {'audio': [samples], 'state': [state_size]}
-    - ``stream_flush(state)`` -> {'audio': [samples]}: the rest of the utterance (its end); start the next one
-      from the initial state.
-
-    Variables ``hop_size``, ``latency_samples`` and ``latency_frames`` (int32 scalars) describe the stream;
-    ``counter_limits`` [counters] is where its counters saturate (steady state once all of them have).
-    """
+    """The streaming generator as a tf.Module for SavedModel export. Its tf.functions, named as the signatures
+    (STREAM_SIGNATURES), take and give one stream's state [state_size]: ``stream_initial_state()`` -> {state},
+    ``stream_step(mel_chunk [frames >= 0, num_mels], state)`` -> {audio, state}, ``stream_flush(state)`` -> {audio}
+    (the utterance's end; the next starts from the initial state). Int32 variables ``hop_size``,
+    ``latency_samples`` and ``latency_frames`` describe the stream; ``counter_limits`` is where its counters
+    saturate (steady state once all of them have)."""
 
     def __init__(self, generator, cfg):
         super().__init__()
