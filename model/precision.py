@@ -6,7 +6,8 @@ layer); on a CPU with AVX512-BF16 (or AMX) TensorFlow runs its convolutions thro
 (``brg_conv_fwd:avx512_core_bf16`` in ONEDNN_VERBOSE=1), accumulating in float32. Two choices, measured with
 benchmarks/bench_inference.py:
 - bfloat16 weights rather than float32 weights cast on every call (Keras' "mixed_bfloat16"): the same numbers
-  (each kernel is rounded to bfloat16 either way) and faster, since nothing is cast or converted per call.
+  (each kernel is rounded to bfloat16 either way) and half the size of a SavedModel. Neither is faster
+  everywhere: real-time factor V1 12.5 vs 11.7, V2 79 vs 97, V3 80 vs 94 (one quiet run; see the README).
 - ``conv_post`` and the final tanh stay float32: rounding the audio itself to bfloat16's 8 significant bits
   adds audible noise (about 3 dB more error against the float32 audio on the demo checkpoint), while this
   one-channel layer is ~1 % of V1's time.
