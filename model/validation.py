@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from core.metrics import clip_metrics
 from model import data as data_lib
 from model.data import Corpus
 from model.logging_utils import multi_resolution_stft_distance, write_clip, write_scalars
@@ -73,7 +74,8 @@ class Validator:
             values["mel_spec_error"].append(float(error))
             values["stft_distance"].append(float(distance))
             if j < self.metric_clips:
-                for name, value in self._clip_metrics(clip["audio"][0].numpy(), y_hat[0].numpy()).items():
+                metrics = clip_metrics(clip["audio"][0].numpy(), y_hat[0].numpy(), self.trainer.cfg.audio)
+                for name, value in metrics.items():  # NaN where a metric is undefined (e.g. F0 of unvoiced audio)
                     values.setdefault(name, []).append(value)
             if j < self.logged_clips and writer is not None:
                 mel = clip["mel"][0].numpy()
@@ -83,12 +85,6 @@ class Validator:
                 write_clip(writer, f"generated/{prefix}y_hat_{j}", y_hat[0].numpy(), sr, mel, mel_hat[0].numpy(),
                            step)
         return values
-
-    def _clip_metrics(self, reference: np.ndarray, generated: np.ndarray) -> dict[str, float]:
-        """core/metrics.py's metrics of one clip (NaN for one that cannot be computed, e.g. F0 of unvoiced audio)."""
-        from core.metrics import clip_metrics  # NOTE: imported on first use: pesq and parselmouth load only then
-
-        return clip_metrics(reference, generated, self.trainer.cfg.audio)
 
 
 def _means(clip_values) -> dict[str, float]:
