@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from core.config import HiFiGANConfig
-from core.metrics import METRICS, clip_metrics, summarize
+from core.metrics import METRICS, clip_metrics, json_ready, summarize
 
 # (what, the comparison, its figure, the limit).
 TARGETS = (("final validation mel error, ours float32 vs the original", "ours_float32 vs original", "val_mel_error",
@@ -124,19 +124,9 @@ def format_summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _finite_or_none(value):
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_json(report: dict, path: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(_finite_or_none(report), f, indent=1)
+        json.dump(json_ready(report), f, indent=1)
         f.write("\n")
 
 

@@ -90,6 +90,16 @@ def clip_metrics(reference: np.ndarray, generated: np.ndarray, audio: AudioConfi
     return {name: float(values[name]) for name in METRICS}
 
 
+def json_ready(value):
+    """``value`` (dicts, lists and tuples of floats, nested) with every NaN or infinity as None: JSON's null, as
+    summary.json and the benchmarks' JSON write an undefined metric."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def summarize(values: Sequence[float]) -> dict[str, float]:
     """{"mean", "ci95"}: the mean of the finite values and the half-width of its 95 % confidence interval
     (Student t, n - 1 degrees of freedom). NaNs are left out; mean is NaN without values, ci95 with fewer than

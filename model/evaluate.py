@@ -34,8 +34,8 @@ from core.config import HiFiGANConfig, load_config
 from core.errors import UserError
 from core.filelist import FilelistError, audio_path, clip_id_of, listed_paths
 from core.mel import MelExtractor
-from core.metrics import METRICS, clip_metrics, summarize
-from core.storage import TF_IO, check_writable, first_line, is_uri, read_bytes
+from core.metrics import METRICS, clip_metrics, json_ready, summarize
+from core.storage import TF_IO, check_writable, first_line, is_uri, join, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -283,15 +283,14 @@ def _match_lengths(clip_id: str, reference: np.ndarray, generated: np.ndarray, h
 
 def write_outputs(result: Evaluation, output_dir: str) -> None:
     """summary.json (NaN written as null) and clips.csv (one row per scored clip; NaN as an empty cell)."""
-    summary = json.dumps(_nan_to_none(result.summary()), indent=2) + "\n"
+    summary = json.dumps(json_ready(result.summary()), indent=2) + "\n"
     rows = io.StringIO()
     writer = csv.writer(rows, lineterminator="\n")
     writer.writerow(("clip",) + METRICS)
     for clip, values in result.clips.items():
         writer.writerow([clip] + ["" if math.isnan(values[name]) else f"{values[name]:.6g}" for name in METRICS])
     for name, text in ((SUMMARY_NAME, summary), (CLIPS_NAME, rows.getvalue())):
-        _write_text(os.path.join(output_dir, name) if not is_uri(output_dir) else f"{output_dir.rstrip('/')}/{name}",
-                    text)
+        _write_text(join(output_dir, name, io=TF_IO), text)
 
 
 def _write_text(path: str, text: str) -> None:
@@ -303,14 +302,6 @@ def _write_text(path: str, text: str) -> None:
         return
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
-
-
-def _nan_to_none(value):
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
-    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def format_table(result: Evaluation) -> str:
