@@ -1,5 +1,5 @@
-"""Storage IO for both sides: read a file's bytes, test that a path exists, probe a directory for writing, and say
-what went wrong in one line; on local paths and on URIs (gs://, s3://, hdfs://, ...).
+"""Storage IO for both sides: read a file's bytes, write a small text file whole, test that a path exists, probe a
+directory for writing, and say what went wrong in one line; on local paths and on URIs (gs://, s3://, hdfs://, ...).
 
 Local paths go through ``os`` and need neither Beam nor TensorFlow (but for the model side's write probe, see
 ``_TensorFlowIO.write_probe``). A URI goes through the backend the caller names, imported when a URI first needs
@@ -78,6 +78,11 @@ class _BeamIO:
         with filesystems.open(uri, compression_type=raw) as f:
             return f.read()
 
+    def write(self, uri: str, data: bytes) -> None:
+        filesystems, raw = self._filesystems()
+        with filesystems.create(uri, compression_type=raw) as f:
+            f.write(data)
+
     def write_probe(self, directory: str, name: str) -> None:
         """Writes and deletes the empty file ``name`` in ``directory`` (made first if local)."""
         if not is_uri(directory):  # what Beam's LocalFileSystem does, without importing Beam
@@ -86,11 +91,9 @@ class _BeamIO:
                 pass
             os.remove(os.path.join(directory, name))
             return
-        filesystems, raw = self._filesystems()
-        probe = filesystems.join(directory, name)
-        with filesystems.create(probe, compression_type=raw) as f:
-            f.write(b"")
-        filesystems.delete([probe])
+        probe = self.join(directory, name)
+        self.write(probe, b"")
+        self._filesystems()[0].delete([probe])
 
     @staticmethod
     def write_error(directory: str, what: str, error: BaseException) -> PathError:
@@ -123,6 +126,10 @@ class _TensorFlowIO:
                 return f.read()
         except tf.errors.NotFoundError:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), uri) from None
+
+    def write(self, uri: str, data: bytes) -> None:
+        with self._tf().io.gfile.GFile(uri, "wb") as f:
+            f.write(data)
 
     def write_probe(self, directory: str, name: str) -> None:
         """Makes ``directory`` and writes and deletes the empty file ``name`` in it.
@@ -165,6 +172,23 @@ def read_bytes(path: str, io: Backend) -> bytes:
         return io.read(path)
     with open(path, "rb") as f:
         return f.read()
+
+
+def write_whole(path: str, text: str, io: Backend) -> None:
+    """Writes ``text`` (UTF-8) to ``path`` whole or not at all: a local file through a temporary one beside it,
+    renamed over it; a URI in one upload through the backend (an object store's object appears whole). For small
+    files written in one piece (configs, summaries); the Beam job's outputs use pipeline.tfrecord_io.StagedFile."""
+    if is_uri(path):
+        io.write(path, text.encode("utf-8"))
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def check_writable(directory: str, what: str = "output directory", io: Backend = BEAM_IO) -> str:

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import uuid
 
 import tensorflow as tf
 from google.protobuf.message import DecodeError
@@ -23,7 +22,7 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from core.config import CONFIG_NAME, ConfigError, HiFiGANConfig, config_from_dict
 from core.errors import UserError
-from core.storage import first_line, is_uri
+from core.storage import TF_IO, first_line, is_uri, write_whole
 from model.compat import silence_failed_restore
 
 CHECKPOINT_NAME = "ckpt"
@@ -143,33 +142,16 @@ def _quiet_tensorflow_logs():
         tf_logger.setLevel(level)
 
 
-def write_whole(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` whole or not at all: a local file through a temporary one renamed over it; a
-    URI in one upload (an object store's object appears whole)."""
-    if is_uri(path):
-        with tf.io.gfile.GFile(path, "w") as f:
-            f.write(text)
-        return
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_json_beside(checkpoint_dir: str, cfg: HiFiGANConfig, with_config: bool = True) -> None:
     """Writes config.json (a new run's: any config history is removed) and audio_fingerprint.json into
     ``checkpoint_dir`` (created if needed); only the fingerprint unless ``with_config``."""
     tf.io.gfile.makedirs(checkpoint_dir)
     if with_config:
-        write_whole(os.path.join(checkpoint_dir, CONFIG_NAME), cfg.to_json())
+        write_whole(os.path.join(checkpoint_dir, CONFIG_NAME), cfg.to_json(), io=TF_IO)
         if tf.io.gfile.exists(os.path.join(checkpoint_dir, HISTORY_NAME)):
             tf.io.gfile.remove(os.path.join(checkpoint_dir, HISTORY_NAME))
     write_whole(os.path.join(checkpoint_dir, FINGERPRINT_NAME),
-                json.dumps(cfg.audio.fingerprint(), indent=2, sort_keys=True))
+                json.dumps(cfg.audio.fingerprint(), indent=2, sort_keys=True), io=TF_IO)
 
 
 def _read_text(path: str) -> str | None:
@@ -277,7 +259,7 @@ def record_changes(checkpoint_dir: str, step: int, changes) -> None:
     """Appends ``changes`` (from :func:`setting_changes`) at ``step`` to config_history.jsonl; config.json stays."""
     lines = [json.dumps(change) for change in config_history(checkpoint_dir)]
     lines += [json.dumps({"step": step, "key": key, "old": old, "new": new}) for key, old, new in changes]
-    write_whole(os.path.join(checkpoint_dir, HISTORY_NAME), "\n".join(lines) + "\n")
+    write_whole(os.path.join(checkpoint_dir, HISTORY_NAME), "\n".join(lines) + "\n", io=TF_IO)
 
 
 def restore(checkpoint: tf.train.Checkpoint, prefix: str, cfg: HiFiGANConfig, discriminators: bool = True,

@@ -14,8 +14,7 @@ import re
 from typing import Sequence
 
 from core.config import HiFiGANConfig
-from core.storage import TF_IO, read_bytes
-from model import checkpoint as ckpt_lib
+from core.storage import TF_IO, read_bytes, write_whole
 from model import data as data_lib
 from model.data import Corpus
 from model.logging_utils import logger
@@ -105,7 +104,7 @@ def mixture_record_for(checkpoint_dir: str, corpora: Sequence[Corpus], step: int
 
 def write_mixture(checkpoint_dir: str, record: dict) -> None:
     """Writes ``record`` (:func:`mixture_record_for`) as ``data_mixture.json`` into ``checkpoint_dir``."""
-    ckpt_lib.write_whole(os.path.join(checkpoint_dir, MIXTURE_NAME), json.dumps(record, indent=2))
+    write_whole(os.path.join(checkpoint_dir, MIXTURE_NAME), json.dumps(record, indent=2), io=TF_IO)
 
 
 def _read_mixture(path: str) -> dict | None:

@@ -35,7 +35,7 @@ from core.errors import UserError
 from core.filelist import FilelistError, audio_path, clip_id_of, listed_paths
 from core.mel import MelExtractor
 from core.metrics import METRICS, clip_metrics, json_ready, summarize
-from core.storage import TF_IO, check_writable, first_line, is_uri, join, read_bytes
+from core.storage import TF_IO, check_writable, first_line, is_uri, join, read_bytes, write_whole
 
 log = logging.getLogger(__name__)
 
@@ -290,18 +290,7 @@ def write_outputs(result: Evaluation, output_dir: str) -> None:
     for clip, values in result.clips.items():
         writer.writerow([clip] + ["" if math.isnan(values[name]) else f"{values[name]:.6g}" for name in METRICS])
     for name, text in ((SUMMARY_NAME, summary), (CLIPS_NAME, rows.getvalue())):
-        _write_text(join(output_dir, name, io=TF_IO), text)
-
-
-def _write_text(path: str, text: str) -> None:
-    if is_uri(path):
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "w") as f:
-            f.write(text)
-        return
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+        write_whole(join(output_dir, name, io=TF_IO), text, io=TF_IO)
 
 
 def format_table(result: Evaluation) -> str:

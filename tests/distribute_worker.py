@@ -1,8 +1,9 @@
 """Subprocess body of tests/test_distribute.py: trains one step under a tf.distribute strategy and saves the
 generator's weights (OUT.npz) and the step's losses (OUT.json).
 Usage: python -m tests.distribute_worker MODE DATA_DIR CHECKPOINT_DIR OUT.npz
-MODE: "mirrored" (two logical CPUs; also one single-device step from the same start, saved as OUT.single.npz and
-OUT.single.json, and that start as OUT.start.npz) or "worker" (MultiWorkerMirroredStrategy from TF_CONFIG)."""
+MODE: "mirrored" (two logical CPUs: a single-device run's step-0 checkpoint, its weights saved as OUT.start.npz,
+resumed under MirroredStrategy with no step; each replica's copy of each weight saved as OUT.replica<i>.npz) or
+"worker" (MultiWorkerMirroredStrategy from TF_CONFIG: one step)."""
 
 import json
 import shutil
@@ -34,8 +35,12 @@ def main(mode, data_dir, checkpoint_dir, out):
         single = train(CFG, options(data_dir, checkpoint_dir + "_single", 0))  # step-0 checkpoint
         np.savez(out + ".start.npz", *[v.numpy() for v in single.generator.weights])
         shutil.copytree(checkpoint_dir + "_single", checkpoint_dir)
-        train(CFG, options(data_dir, checkpoint_dir + "_single", 1), trainer=single)
-        save(single, out + ".single.npz")
+        trainer = train(CFG, options(data_dir, checkpoint_dir, 0), strategy=strategy)
+        assert trainer.strategy.num_replicas_in_sync == 2, trainer.strategy.num_replicas_in_sync
+        for replica in range(2):
+            np.savez(f"{out}.replica{replica}.npz",
+                     *[strategy.experimental_local_results(v.value)[replica].numpy() for v in trainer.generator.weights])
+        return
     trainer = train(CFG, options(data_dir, checkpoint_dir, 1), strategy=strategy)
     assert trainer.strategy.num_replicas_in_sync == 2, trainer.strategy.num_replicas_in_sync
     save(trainer, out)

@@ -1,5 +1,5 @@
-"""tf.distribute: a MirroredStrategy step over two logical CPUs and a MultiWorkerMirroredStrategy step of two
-worker processes on loopback. Each runs in its own process (devices and TF_CONFIG are fixed at start-up)."""
+"""tf.distribute: a one-device checkpoint resumed under MirroredStrategy over two logical CPUs, and a
+MultiWorkerMirroredStrategy step of two worker processes on loopback. Each runs in its own process (devices and TF_CONFIG are fixed at start-up)."""
 
 import json
 import math
@@ -18,16 +18,6 @@ from tests.train_helpers import debug_config, tone_shards
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Global batch 2: one clip per replica.
 CFG = debug_config(segment_size=256, batch_size=2, mpd_periods=[2])
-LR = CFG.optimizer.learning_rate
-# The largest difference between the 2-replica and the 1-device weights after one step. Measured: 4.7e-10 (two
-# runs; 99 % of the elements equal). The replicas' all-reduce sums the gradients in another order, so an element may
-# round to the neighbouring float32: the bound is two float32 spacings at the largest weights (the weight-norm gains,
-# |w| < 2: spacing 2.4e-7). It is 0.25 % of lr, and Adam's first step moves each element by ~lr * sign(gradient):
-# an element updated the other way (2 lr off) or not at all (lr off) fails it.
-MAX_WEIGHT_DIFF = 5e-7
-# The step's losses on the same global batch (measured within 2.5e-7 relative). NOTE: not the gradient norms: each
-# replica reports the norm of its own batch's gradient, and the mean of those norms is not the norm of the mean.
-LOSS_RTOL = 1e-5
 
 
 def options(data_dir, checkpoint_path, steps):
@@ -57,27 +47,23 @@ def load_history(path):
         return json.load(f)
 
 
-def test_mirrored_strategy_matches_a_single_device_step(tmp_path):
+def test_mirrored_strategy_resumes_a_single_device_checkpoint_on_every_replica(tmp_path):
+    """A run moved from one device to two: train() under MirroredStrategy restores the one-device checkpoint into
+    both replicas' copies. (The step itself: the mirrored path of tests/test_train_step_parity.py, against the
+    original; the split of each global batch across the replicas: tests/test_data.py; train() stepping under a
+    two-replica strategy: the multi-worker test below.)"""
     tone_shards(tmp_path / "data", CFG, num_train=4, num_val=1, frames=(6, 10))
     finish(spawn(["mirrored", tmp_path / "data", tmp_path / "ckpt", tmp_path / "mirrored.npz"]))
-    mirrored, single = load(tmp_path / "mirrored.npz"), load(tmp_path / "mirrored.npz.single.npz")
     start = load(tmp_path / "mirrored.npz.start.npz")
-    # The step ran: Adam's first step moved each weight by ~lr (measured 0.997-1.01 lr: lr * g / (|g| + eps) plus
-    # the weight decay), so equal weights below are not two untouched starts.
-    updates = np.concatenate([np.abs(a - b).ravel() for a, b in zip(single, start)])
-    assert 0.9 * LR < np.quantile(updates, 0.01) and updates.max() < 1.1 * LR, np.quantile(updates, [0, 0.01, 1]) / LR
-    # Same start, same global batch: the 2-replica step averages the loss over the global batch like 1 device.
-    # (Adam's first step moves each weight by ~lr * sign(gradient), so compare with a tolerance well below lr.)
-    diffs = np.concatenate([np.abs(a - b).ravel() for a, b in zip(mirrored, single)])
-    assert np.quantile(diffs, 0.99) < 1e-6, np.quantile(diffs, [0.5, 0.99, 1.0])
-    assert diffs.max() < MAX_WEIGHT_DIFF, np.quantile(diffs, [0.5, 0.99, 1.0])
-    # Adam's first step hardly depends on the gradient's scale: the losses show that the global batch's mean is
-    # the one optimised.
-    (losses,), (single_losses,) = load_history(tmp_path / "mirrored.npz.json"), \
-        load_history(tmp_path / "mirrored.npz.single.npz.json")
-    for name, value in single_losses.items():
-        if not name.startswith("grad_norm"):
-            np.testing.assert_allclose(losses[name], value, rtol=LOSS_RTOL, err_msg=name)
+    # Initialisation is random: a new generator differs from the checkpoint, so equal weights come from the restore.
+    fresh = Generator(CFG.generator)
+    fresh.build((None, None, CFG.audio.num_mels))
+    assert all(not np.array_equal(a, b.numpy()) for a, b in zip(start, fresh.weights) if b.shape.rank > 1)
+    for replica in range(2):
+        restored = load(tmp_path / f"mirrored.npz.replica{replica}.npz")
+        assert len(restored) == len(start)
+        for a, b in zip(restored, start):
+            np.testing.assert_array_equal(a, b)
 
 
 def free_ports(n):
