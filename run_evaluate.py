@@ -3,6 +3,8 @@ periodicity, V/UV F1 and F0 RMSE (cents), per clip and as a mean with a 95 % int
 
     python run_evaluate.py --filelist filelists/demo_val.txt --audio_root demo/wavs \\
         --checkpoint demo_out/checkpoints --output_dir eval/demo
+    python run_evaluate.py --filelist filelists/demo_val.txt --audio_root demo/wavs \\
+        --checkpoint demo_out/checkpoints --precision bfloat16 --output_dir eval/demo_bf16
     python run_evaluate.py --filelist val.txt --audio_root LJSpeech-1.1/wavs \\
         --generated_dir original_outputs --reference_level file --output_dir eval/original
 

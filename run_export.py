@@ -26,7 +26,7 @@ def export_from_flags(argv=None) -> int:
     """Exports as the flags say; UserError (one line) for a bad checkpoint, config or output path."""
     from model.checkpoint import restore_generator
     from model.export import FORMATS, TFLITE_QUANTIZATIONS, export, plan
-    from model.precision import PRECISIONS
+    from model.options import INFERENCE_PRECISIONS
 
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (its latest checkpoint is used)")
@@ -36,7 +36,7 @@ def export_from_flags(argv=None) -> int:
                         help="SavedModel directory; .onnx path; .tflite path for one quantization, else a directory")
     parser.add_argument("--tflite_quantization", choices=(*TFLITE_QUANTIZATIONS, "all"), default="all",
                         help="TFLite flavour: float32, float16 weights, dynamic-range int8 weights, or all three")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32",
                         help="weights and compute of the exported generator: float32, or bfloat16 (SavedModel only; "
                              "its signature still takes and returns float32)")
     cli.boolean_flag(parser, "streaming", "also write the streaming signatures stream_initial_state, "

@@ -16,6 +16,7 @@ import logging
 from core import cli
 from core.config import load_config
 from core.storage import TF_IO
+from model.options import INFERENCE_PRECISIONS
 
 
 def vocode_from_flags(argv=None) -> int:
@@ -38,7 +39,7 @@ def vocode_from_flags(argv=None) -> int:
     parser.add_argument("--backend", choices=("tf", "tflite"), default="tf",
                         help="run the generator in TensorFlow, or converted to float32 TFLite (XNNPACK; the "
                              "conversion takes ~30 s for V1)")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+    parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="float32",
                         help="compute precision of the generator: float32 (the reference), or bfloat16 (faster on "
                              "CPUs with AVX512-BF16 or AMX; small quality cost, see the README); audio is float32 "
                              "either way; --backend tf only")

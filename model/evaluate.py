@@ -36,6 +36,7 @@ from core.filelist import FilelistError, audio_path, clip_id_of, listed_paths
 from core.mel import MelExtractor
 from core.metrics import METRICS, clip_metrics, json_ready, summarize
 from core.storage import TF_IO, check_writable, first_line, is_uri, join, read_bytes, write_whole
+from model.options import INFERENCE_PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,17 @@ class EvaluateOptions:
                                   help="the reference's level: 'training' peak-normalises it to 0.95 as training "
                                        "(and our copy synthesis) does; 'file' keeps the file's level, as the "
                                        "original's inference.py does. Only mel L1 and MR-STFT depend on it")
+    precision: str = option(INFERENCE_PRECISIONS[0], choices=INFERENCE_PRECISIONS,
+                            help="--checkpoint's copy synthesis computed in float32 (the reference) or bfloat16 (as "
+                                 "run_inference.py --precision bfloat16: what bf16 inference costs in quality)")
 
     def __post_init__(self):
         if (self.checkpoint is None) == (self.generated_dir is None):
             raise EvaluationError("give exactly one of --checkpoint and --generated_dir")
         if self.generated_dir is not None and not os.path.isdir(self.generated_dir):
             raise EvaluationError(f"--generated_dir {self.generated_dir}: not a directory")
+        if self.generated_dir is not None and self.precision != INFERENCE_PRECISIONS[0]:
+            raise EvaluationError("--precision applies to --checkpoint's copy synthesis only")
 
 
 @dataclasses.dataclass
@@ -246,7 +252,7 @@ def _copy_synthesis(clips: list[_Clip], options: EvaluateOptions, result: Evalua
 
     cfg = load_config(options.config, io=TF_IO) if options.config else None
     generator, cfg = restore_generator(options.checkpoint, cfg)
-    vocoder, extractor = Vocoder(generator, cfg), MelExtractor(cfg.audio)
+    vocoder, extractor = Vocoder(generator, cfg, precision=options.precision), MelExtractor(cfg.audio)
     for start in range(0, len(clips), GROUP_CLIPS):
         group = []
         for clip in clips[start:start + GROUP_CLIPS]:

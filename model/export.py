@@ -29,7 +29,8 @@ from core.config import HiFiGANConfig
 from core.errors import UserError
 from core.storage import TF_IO, check_writable, existing_output, exists, first_line, is_uri, join
 from model.generator import fold_for_inference
-from model.precision import PRECISIONS, inference_generator
+from model.options import INFERENCE_PRECISIONS
+from model.precision import inference_generator
 from model.streaming import StreamingVocoder, stream_vocode, streaming_module, streaming_signatures
 
 log = logging.getLogger(__name__)
@@ -331,8 +332,8 @@ def plan(fmt: str, output: str, quantizations: tuple[str, ...] = TFLITE_QUANTIZA
     """{path: what is written there} once the outputs fit the format and ``precision``, may be written (not
     existing, or ``overwrite``) and their directory is writable; otherwise ExportError / OutputError, one line,
     before any work (run_export.py calls it before it loads the checkpoint)."""
-    if precision not in PRECISIONS:
-        raise ExportError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision not in INFERENCE_PRECISIONS:
+        raise ExportError(f"--precision: {precision!r} is not one of {', '.join(INFERENCE_PRECISIONS)}")
     if precision != "float32" and fmt != "saved_model":
         raise ExportError(f"--precision {precision} exports a SavedModel only (--format saved_model): TFLite and "
                           f"ONNX runtimes have no {precision} convolutions on CPU")

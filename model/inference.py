@@ -28,7 +28,8 @@ from core.filelist import FilelistError, input_name, listed_paths
 from core.mel import MelExtractor
 from core.melfile import MelFileError, load_mel_file, mel_warning
 from core.storage import TF_IO, check_writable, first_line, read_bytes
-from model.precision import PRECISIONS, inference_generator
+from model.options import INFERENCE_PRECISIONS
+from model.precision import inference_generator
 from model.streaming import StreamingVocoder, stream_vocode
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,8 @@ class Vocoder:
     def __init__(self, generator, cfg: HiFiGANConfig, max_batch_frames: int = 8192, chunk_frames: int = 2048,
                  context_frames: int | None = None, jit_compile: bool = False, backend: str = "tf",
                  num_threads: int | None = None, precision: str = "float32"):
-        if precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision not in INFERENCE_PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}")
         if precision != "float32" and backend != "tf":
             raise InputError(f"precision {precision} runs with the TensorFlow backend only (TFLite has no "
                              f"{precision} kernels on CPU)")

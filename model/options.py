@@ -9,6 +9,8 @@ from core.cli import option
 from core.errors import UserError
 
 PRECISIONS = ("none", "mixed_bfloat16", "mixed_float16")
+# The generator's compute at inference and export (model/precision.py): float32, the reference, or a bfloat16 copy.
+INFERENCE_PRECISIONS = ("float32", "bfloat16")
 
 
 class TrainingError(UserError):

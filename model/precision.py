@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from model.compat import sublayers
 from model.generator import Generator, fold_for_inference
+from model.options import INFERENCE_PRECISIONS
 
-PRECISIONS = ("float32", "bfloat16")
 # Keras dtype policies a bfloat16 copy may be built with: "mixed_bfloat16" (float32 weights, cast per call) is
 # kept for the benchmark that compares it.
 BFLOAT16_POLICIES = ("bfloat16", "mixed_bfloat16")
@@ -51,7 +51,7 @@ def bfloat16_generator(generator: Generator, policy: str = "bfloat16") -> Genera
 def inference_generator(generator: Generator, precision: str = "float32") -> Generator:
     """The generator to run at ``precision``: ``generator`` itself, folded, for float32; its bfloat16 copy
     (:func:`bfloat16_generator`) for bfloat16. Either returns float32 audio."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(INFERENCE_PRECISIONS)}")
     fold_for_inference(generator)
     return generator if precision == "float32" else bfloat16_generator(generator)

@@ -119,6 +119,8 @@ def test_bad_options_are_one_line(tmp_path, odd_dir, capsys):
     assert capsys.readouterr().err == "error: give exactly one of --checkpoint and --generated_dir\n"
     assert run_evaluate.main(args + ["--generated_dir", str(tmp_path / "nowhere")]) == 2
     assert "nowhere: not a directory" in capsys.readouterr().err
+    assert run_evaluate.main(args + ["--generated_dir", odd_dir, "--precision", "bfloat16"]) == 2
+    assert capsys.readouterr().err == "error: --precision applies to --checkpoint's copy synthesis only\n"
 
 
 def test_a_checkpoints_copy_synthesis_scores_as_its_written_outputs(tmp_path, tiny_checkpoint, caplog):
@@ -144,3 +146,10 @@ def test_a_checkpoints_copy_synthesis_scores_as_its_written_outputs(tmp_path, ti
         assert math.isfinite(float(rows[clip]["mel_l1"])) and float(rows[clip]["mel_l1"]) > 0.1  # untrained
     with sf.SoundFile(os.path.join(generated, f"{ids[0]}_generated.wav")) as f:
         assert f.samplerate == 8000
+    # The same copy synthesis in bfloat16: other audio (each metric moved), scored near the float32 one.
+    assert run_evaluate.main(["--filelist", listed, "--audio_root", DEMO_WAVS, "--checkpoint", tiny_checkpoint,
+                              "--precision", "bfloat16", "--output_dir", str(tmp_path / "bf16")]) == 0
+    low, _ = read_outputs(tmp_path / "bf16")
+    for name in ("mel_l1", "mrstft"):
+        assert low[name]["mean"] != summary[name]["mean"], name
+        assert low[name]["mean"] == pytest.approx(summary[name]["mean"], rel=0.05), name
