@@ -8,6 +8,7 @@ commit as ``manifest.pending.json``; the launcher commits it once the job's guar
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from typing import Any
 
@@ -104,6 +105,17 @@ class Manifest:
             kind = {True: "teacher-forced mels", False: "ground-truth mels"}
             return f"kind ({kind[self.teacher_forced]} {ours}, {kind[other.teacher_forced]} {theirs})"
         return None
+
+    def split_digest(self, split: str) -> str | None:
+        """An identity of ``split``'s data: a hash of its shards' names, sizes and CRC-32Cs (16 hex digits). The
+        same data gives the same digest wherever it lies (shards are byte-identical across reruns and runners);
+        None for a manifest that records no sizes or checksums (an older job) or no such split."""
+        summary = self.splits.get(split)
+        if summary is None or any(name not in summary.shard_files for name in summary.shards):
+            return None
+        files = [(name, summary.shard_files[name].num_bytes, summary.shard_files[name].crc32c)
+                 for name in sorted(summary.shards)]
+        return hashlib.sha256(json.dumps(files).encode("utf-8")).hexdigest()[:16]
 
     def mismatch(self, audio: AudioConfig) -> str | None:
         """None if shards made with this manifest fit ``audio``; else a one-line description of the first difference."""

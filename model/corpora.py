@@ -62,20 +62,34 @@ def corpus_names(data_dirs: Sequence[str]) -> list[str]:
 
 
 def mixture_record(corpora: Sequence[Corpus]) -> dict:
-    """What ``data_mixture.json`` holds: the data directories and the normalised weights, in order."""
-    return {"data_dirs": [c.data_dir for c in corpora], "mixture_weights": [round(c.weight, 6) for c in corpora]}
+    """What ``data_mixture.json`` holds: the data directories, the normalised weights and each corpus's train data
+    identity (``Manifest.split_digest``; null for an older manifest), in order."""
+    return {"data_dirs": [c.data_dir for c in corpora], "mixture_weights": [round(c.weight, 6) for c in corpora],
+            "train_shards": [c.manifest.split_digest("train") for c in corpora]}
 
 
-def mixture_change(recorded: dict | None, corpora: Sequence[Corpus]) -> tuple[list, list] | None:
-    """(the recorded weights, the new ones) when ``corpora`` sample otherwise than the recorded mixture: other
-    normalised weights or another number of corpora. None when they agree or nothing was recorded (a run of an
-    older trainer). NOTE: the directories' paths are not compared: data moved (to a bucket, another disk) is the
-    same data; a corpus replaced by another one of the same weight is not detected."""
+def mixture_change(recorded: dict | None, corpora: Sequence[Corpus]) -> tuple[str, str, list, list] | None:
+    """(the setting, what changed in one phrase, its recorded value, the new one) when ``corpora`` sample otherwise
+    than the recorded mixture: other normalised weights or another number of corpora ("mixture_weights"), or a
+    corpus whose train shards are not the recorded ones ("train_shards": another corpus at its place, or one
+    preprocessed again otherwise). None when they agree or nothing was recorded (a run of an older trainer).
+    NOTE: the directories' paths are not compared: data moved (to a bucket, another disk) is the same data."""
     if not recorded:
         return None
-    old, new = recorded.get("mixture_weights"), mixture_record(corpora)["mixture_weights"]
-    if not isinstance(old, list) or len(old) != len(new) or any(abs(a - b) > 1e-6 for a, b in zip(old, new)):
-        return old, new
+    new = mixture_record(corpora)
+    old = recorded.get("mixture_weights")
+    if not isinstance(old, list) or len(old) != len(corpora) or \
+            any(abs(a - b) > 1e-6 for a, b in zip(old, new["mixture_weights"])):
+        return ("mixture_weights", f"mixture_weights is {json.dumps(old)} in the checkpoint's {MIXTURE_NAME}, "
+                f"{json.dumps(new['mixture_weights'])} here", old, new["mixture_weights"])
+    old, dirs = recorded.get("train_shards"), recorded.get("data_dirs")
+    if not isinstance(old, list) or len(old) != len(corpora):  # recorded by an older trainer: nothing to compare
+        return None
+    for i, (was, now) in enumerate(zip(old, new["train_shards"])):
+        if was and now and was != now:
+            then = dirs[i] if isinstance(dirs, list) and len(dirs) == len(corpora) else f"corpus {i + 1}"
+            return ("train_shards", f"--data_dir {corpora[i].data_dir} holds other train shards than {then} did "
+                    f"when the checkpoint's run trained on it", old, new["train_shards"])
     return None
 
 
@@ -83,22 +97,22 @@ def mixture_record_for(checkpoint_dir: str, corpora: Sequence[Corpus], step: int
                        allow_change: bool) -> dict | None:
     """What ``data_mixture.json`` beside the checkpoints is to hold, for a new run (``step`` None) or one resumed
     at ``step``: the mixture and its history; None when the recorded one stays (a resumed run of the same mixture:
-    the file keeps the directories it started with). A resumed run whose mixture samples otherwise than the
-    recorded one (:func:`mixture_change`) is refused unless ``allow_change`` (--allow_config_change): the change is
-    then logged and appended to the history."""
+    the file keeps the directories it started with). A resumed run whose data differs from the recorded one
+    (:func:`mixture_change`) is refused unless ``allow_change`` (--allow_config_change): the change is then logged
+    and appended to the history."""
     recorded = _read_mixture(os.path.join(checkpoint_dir, MIXTURE_NAME)) if step is not None else None
     change = mixture_change(recorded, corpora)
     if recorded and not change:
         return None
     if change and not allow_change:
-        raise TrainingError(f"{checkpoint_dir}: mixture_weights is {json.dumps(change[0])} in the checkpoint's "
-                            f"{MIXTURE_NAME}, {json.dumps(change[1])} here (another data order); pass "
-                            f"--allow_config_change to resume with this change (recorded in {MIXTURE_NAME})")
+        raise TrainingError(f"{checkpoint_dir}: {change[1]} (another data order); pass --allow_config_change to "
+                            f"resume with this change (recorded in {MIXTURE_NAME})")
     history = list((recorded or {}).get("history", []))
     if change:
-        logger.warning("data mixture change at step %d: mixture_weights %s -> %s (--allow_config_change)", step,
-                       json.dumps(change[0]), json.dumps(change[1]))
-        history.append({"step": step, "data_dirs": recorded.get("data_dirs"), "old": change[0], "new": change[1]})
+        setting, what, old, new = change
+        logger.warning("data change at step %d: %s (--allow_config_change)", step, what)
+        history.append({"step": step, "setting": setting, "data_dirs": recorded.get("data_dirs"), "old": old,
+                        "new": new})
     return {**mixture_record(corpora), "history": history}
 
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from core import cli
 from model import data
-from model.corpora import MIXTURE_NAME, load_corpora
+from model.corpora import MIXTURE_NAME, load_corpora, mixture_change
 from model.options import TrainingError, TrainOptions
 from model.train import train
 from tests.train_helpers import config_file, debug_config, scalars, tone_clip, tone_shards, write_shards
@@ -166,7 +166,7 @@ def test_resume_with_a_mixture_is_exact_and_validates_each_corpus(tmp_path, caps
     assert len(lines) == 2 and "; a: mel error " in lines[0] and "; b: mel error " in lines[0]
     record = json.loads((tmp_path / "whole" / MIXTURE_NAME).read_text())
     assert record == {"data_dirs": [str(tmp_path / "a"), str(tmp_path / "b")], "mixture_weights": [0.6, 0.4],
-                      "history": []}
+                      "train_shards": [None, None], "history": []}  # manifests without checksums: no identity
 
 
 def test_changing_the_mixture_on_resume_needs_allow_config_change(tmp_path):
@@ -188,3 +188,40 @@ def test_changing_the_mixture_on_resume_needs_allow_config_change(tmp_path):
     with pytest.raises(TrainingError, match=r"mixture_weights is \[0.5, 0.5\] in the checkpoint's .*, \[1.0\] here"):
         train(TINY, TrainOptions(data_dir=str(tmp_path / "a"), checkpoint_path=str(tmp_path / "ckpt"),
                                  training_steps=0, validation_interval=0, progress_bar=False), trainer=trainer)
+
+
+def test_other_train_shards_on_resume_need_allow_config_change(tmp_path):
+    """A directory whose train shards are not the ones the run trained on (another corpus in its place, the corpora
+    swapped, the corpus preprocessed again with a clip added) is refused on resume; moved data is the same data."""
+    for name, seed, num_train in (("a", 0, 2), ("b", 1, 2), ("a_more", 0, 3)):
+        tone_shards(tmp_path / name, TINY, num_train=num_train, num_val=1, frames=(6, 12), seed=seed,
+                    checksums=True)
+    shutil.copytree(tmp_path / "a", tmp_path / "a_moved")
+
+    def run(*dirs, checkpoint="ckpt", trainer=None, **kwargs):
+        options = TrainOptions(data_dir=tuple(str(tmp_path / d) for d in dirs), checkpoint_path=str(
+            tmp_path / checkpoint), training_steps=0, validation_interval=0, progress_bar=False, **kwargs)
+        return train(TINY, options, trainer=trainer)
+
+    trainer = run("a")
+    record = json.loads((tmp_path / "ckpt" / MIXTURE_NAME).read_text())
+    digests = [load_corpora(TINY, [str(tmp_path / d)])[0].manifest.split_digest("train") for d in ("a", "b", "a_more")]
+    assert record["train_shards"] == digests[:1] and len(set(digests)) == 3 and all(digests)
+    run("a_moved", trainer=trainer)  # the same shards elsewhere
+    for other in ("b", "a_more"):
+        with pytest.raises(TrainingError, match=rf"^{tmp_path / 'ckpt'}: --data_dir {tmp_path / other} holds other "
+                                                rf"train shards than {tmp_path / 'a'} did when the checkpoint's run "
+                                                rf"trained on it \(another data order\); pass --allow_config_change"):
+            run(other, trainer=trainer)
+    run("a_more", trainer=trainer, allow_config_change=True)
+    record = json.loads((tmp_path / "ckpt" / MIXTURE_NAME).read_text())
+    assert record["data_dirs"] == [str(tmp_path / "a_more")] and record["train_shards"] == [digests[2]]
+    assert [(h["step"], h["setting"], h["old"], h["new"]) for h in record["history"]] == [
+        (0, "train_shards", digests[:1], [digests[2]])]
+    # Two corpora of equal weight swapped: the weights agree, the data order does not.
+    trainer = run("a", "b", checkpoint="mix", mixture_weights=(1, 1))
+    with pytest.raises(TrainingError, match=rf"--data_dir {tmp_path / 'b'} holds other train shards than "
+                                            rf"{tmp_path / 'a'} did"):
+        run("b", "a", checkpoint="mix", trainer=trainer, mixture_weights=(1, 1))
+    # A record of an older trainer (no train_shards) compares the weights only.
+    assert mixture_change({"mixture_weights": [1.0]}, load_corpora(TINY, [str(tmp_path / "b")])) is None

@@ -6,11 +6,12 @@ import glob
 import json
 import os
 
+import google_crc32c
 import numpy as np
 import tensorflow as tf
 
 from core.config import config_from_dict, load_config
-from core.manifest import MANIFEST_NAME, Manifest
+from core.manifest import MANIFEST_NAME, Manifest, ShardFile
 from core.mel import MelExtractor
 from core.records import to_example
 
@@ -43,11 +44,12 @@ def tone_clip(rng: np.random.Generator, num_samples: int, sampling_rate: int) ->
 
 def write_shards(data_dir, cfg, clips: dict[str, list[np.ndarray]], num_shards: dict[str, int] | None = None,
                  audio_encoding: str = "int16", teacher_forced: bool = False, mels: dict | None = None,
-                 fingerprint_cfg=None) -> Manifest:
+                 fingerprint_cfg=None, checksums: bool = False) -> Manifest:
     """Writes ``clips`` (split -> list of audio [frames * hop]) as shards + manifest.json, the Beam job's layout.
 
     ``mels`` (split -> list of (mel, mel_loss)) replaces the computed mels (teacher-forced or synthetic ones).
-    ``fingerprint_cfg`` writes another config's audio fingerprint into the manifest.
+    ``fingerprint_cfg`` writes another config's audio fingerprint into the manifest. ``checksums`` records each
+    shard's size and CRC-32C as the Beam job does (else the manifest lists bare names, as an older job's).
     """
     data_dir = str(data_dir)
     os.makedirs(data_dir, exist_ok=True)
@@ -72,6 +74,11 @@ def write_shards(data_dir, cfg, clips: dict[str, list[np.ndarray]], num_shards: 
         for w in writers:
             w.close()
         summary.shards = [f"{split}-{i:05d}-of-{n:05d}.tfrecord" for i in range(n)]
+        if checksums:
+            for name in summary.shards:
+                with open(os.path.join(data_dir, name), "rb") as f:
+                    data = f.read()
+                summary.shard_files[name] = ShardFile(len(data), google_crc32c.Checksum(data).hexdigest().decode())
     with open(os.path.join(data_dir, MANIFEST_NAME), "w", encoding="utf-8") as f:
         f.write(manifest.to_json())
     return manifest
