@@ -175,9 +175,10 @@ def read_bytes(path: str, io: Backend) -> bytes:
 
 
 def write_whole(path: str, text: str, io: Backend) -> None:
-    """Writes ``text`` (UTF-8) to ``path`` whole or not at all: a local file through a temporary one beside it,
-    renamed over it; a URI in one upload through the backend (an object store's object appears whole). For small
-    files written in one piece (configs, summaries); the Beam job's outputs use pipeline.tfrecord_io.StagedFile."""
+    """Writes ``text`` (UTF-8) to ``path`` whole or not at all, and durably: a local file through a temporary one
+    beside it, fsync'd, renamed over it, and the rename fsync'd (:func:`replace_durably`); a URI in one upload
+    through the backend (an object store's object appears whole). For small files written in one piece (configs,
+    summaries); the Beam job's outputs use pipeline.tfrecord_io.StagedFile."""
     if is_uri(path):
         io.write(path, text.encode("utf-8"))
         return
@@ -185,10 +186,24 @@ def write_whole(path: str, text: str, io: Backend) -> None:
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-        os.replace(tmp, path)
+            f.flush()
+            os.fsync(f.fileno())
+        replace_durably(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def replace_durably(source: str, destination: str) -> None:
+    """``os.replace`` whose outcome survives a crash or power loss: the directory is fsync'd after the rename
+    (a rename is a change of the directory, which the file's own fsync does not persist). The caller fsyncs the
+    file's data first. Local paths only."""
+    os.replace(source, destination)
+    fd = os.open(os.path.dirname(os.path.abspath(destination)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def check_writable(directory: str, what: str = "output directory", io: Backend = BEAM_IO) -> str:

@@ -20,6 +20,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
 
+from core.storage import replace_durably
+
 SPILL_DIR = "_tmp"
 COPY_CHUNK = 16 * 2**20
 FRAME_OVERHEAD = 16  # bytes a TFRecord frame adds to its payload: length (8), its CRC (4), the payload's CRC (4)
@@ -47,7 +49,8 @@ class StagedFile:
 
     On a local filesystem it is written beside its destination under ``<stem>.tmp-<uuid>`` and renamed; elsewhere
     (gs://, ...) it is a local scratch file copied in one object create, which object stores make visible only
-    once complete. ``durable``: fsync'd before the rename (files a manifest will name; not spill files).
+    once complete. ``durable``: fsync'd before the rename and the rename fsync'd (files a manifest will name, and
+    the manifest; not spill files).
     """
 
     def __init__(self, directory: str, stem: str, durable: bool = False):
@@ -69,7 +72,9 @@ class StagedFile:
             self.file.flush()
             os.fsync(self.file.fileno())
         self.file.close()
-        if self.is_local:
+        if self.is_local and self.durable:
+            replace_durably(self.path, destination)
+        elif self.is_local:
             os.replace(self.path, destination)
         else:
             with open(self.path, "rb") as src, FileSystems.create(destination, compression_type=RAW) as dst:

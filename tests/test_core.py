@@ -1,6 +1,7 @@
 """The Beam-free core: what its modules import, and its storage helper on local paths."""
 
 import os
+import stat
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 from core.filelist import input_name, listed_paths, read_lines
 from core.melfile import MelFileError, load_mel_file
 from core.storage import (BEAM_IO, TF_IO, OutputError, PathError, check_directory, check_writable, exists,
-                          first_line, join, read_bytes)
+                          first_line, join, read_bytes, write_whole)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,6 +47,30 @@ def test_local_paths_are_read_with_os(tmp_path, io):
 
 def test_uris_are_joined_by_their_backend():
     assert join("gs://bucket/data/", "a.wav", io=TF_IO) == "gs://bucket/data/a.wav"
+
+
+def durable_writes(monkeypatch, directory) -> list[tuple[str, list[str]]]:
+    """What each os.fsync call syncs ("file" or "directory"), with ``directory``'s listing at that moment."""
+    synced, real = [], os.fsync
+
+    def spy(fd):
+        kind = "directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        synced.append((kind, sorted(os.listdir(directory))))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return synced
+
+
+def test_write_whole_syncs_the_data_then_the_rename(tmp_path, monkeypatch):
+    """Survives a power loss: the data reaches the disk before the rename, the rename (a change of the directory)
+    is synced after it; the old file or the new one, never an empty or missing one."""
+    (tmp_path / "config.json").write_text("old")
+    synced = durable_writes(monkeypatch, tmp_path)
+    write_whole(str(tmp_path / "config.json"), "new", io=TF_IO)
+    assert [kind for kind, _ in synced] == ["file", "directory"]
+    assert len(synced[0][1]) == 2 and synced[1][1] == ["config.json"]  # the temporary file beside it, then renamed
+    assert (tmp_path / "config.json").read_text() == "new"
 
 
 def test_write_probe_makes_the_directory_and_leaves_nothing(tmp_path):

@@ -22,6 +22,8 @@ from pipeline.commit import KILL_AT_ENV, CommitError, DatasetError
 from pipeline.job_errors import JobError
 from pipeline.options import PreprocessOptions
 from pipeline.runner import run
+from pipeline.tfrecord_io import write_text
+from tests.test_core import durable_writes
 
 DEBUG = os.path.join(REPO_ROOT, "configs", "debug.json")
 SR = 8000
@@ -272,3 +274,13 @@ def test_the_trainer_refuses_a_shard_the_manifest_did_not_commit(expected, tmp_p
     assert [r.getMessage() for r in caplog.records if "unverified" in r.getMessage()] == [
         f"{tmp_path}: manifest.json records no size or checksum for 4 shards (written by an older "
         "run_preprocess.py); they are read unverified"]
+
+
+def test_the_commit_files_are_synced_with_their_rename(tmp_path, monkeypatch):
+    """manifest.json (the commit point) and config.json survive a power loss once written: the data is synced
+    before the rename, the rename after it."""
+    synced = durable_writes(monkeypatch, tmp_path)
+    write_text(str(tmp_path), MANIFEST_NAME, "{}\n")
+    assert [kind for kind, _ in synced] == ["file", "directory"]
+    assert synced[1][1] == [MANIFEST_NAME]
+
