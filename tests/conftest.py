@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -61,6 +62,19 @@ def _seeded():
     import keras
 
     keras.utils.set_random_seed(TEST_SEED)
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_log_handlers():
+    """A run_*.py main() called in a test installs its console handler on the root logger (run_preprocess.py with
+    basicConfig(force=True)) bound to that test's captured stderr, which pytest closes after it: any later log line
+    in this worker would then print "--- Logging error ---" and a traceback into another test's stderr. Such
+    handlers are removed after each test."""
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(getattr(handler, "stream", None), "closed", False):
+            root.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")
