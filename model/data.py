@@ -146,8 +146,8 @@ def checked_mixture_read(dataset: Iterable, corpora: Sequence[Corpus]) -> Iterat
             reason = _op_error_reason(e)
             named = [(c.data_dir, name) for c in corpora for split in c.manifest.splits.values()
                      for name in split.shards if name in reason]
-            data_dir, where = named[0] if named else (", ".join(c.data_dir for c in corpora), "a shard")
-            where = f"shard {where}" if named else where
+            data_dir, where = (named[0][0], f"shard {named[0][1]}") if named else \
+                (", ".join(c.data_dir for c in corpora), "a shard")
             raise DataError(f"{data_dir}: cannot read {where} ({reason}); run "
                             f"run_preprocess.py again or fix the shard") from None
         yield element

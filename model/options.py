@@ -57,13 +57,13 @@ class TrainOptions:
                                   help="Keras dtype policy (STFT, mel loss and logits stay float32)")
     validation_clips: int | None = option(None, help="val clips per validation, of each corpus with several "
                                                      "--data_dir (default: all)")  # None: the whole split
-    # NOTE: 4 by default: a mean over a few clips is enough to follow a run and costs about a second per validation
+    # NOTE: 4 by default: a mean over a few clips is enough to follow a run and costs ~0.3 s per validation
     # (every 1000 steps by default), where the whole val split of a large corpus would cost minutes.
     validation_metric_clips: int = option(
         4, help="val clips (the first ones, of each corpus) also scored at each validation with the evaluation "
                 "metrics of run_evaluate.py (mel L1, MR-STFT, PESQ, periodicity, V/UV F1, F0 RMSE; "
                 "core/metrics.py), written to TensorBoard under validation/; 0: off. They run on the CPU: about "
-                "0.2 s per clip of ~1.7 s, +0.7 s per validation with 4 (demo config, 2 shared cores; "
+                "0.08 s per clip of ~1.7 s, +0.31 s per validation with 4 (demo config, 2 cores; "
                 "benchmarks/bench_validation.py)")
     # No flag (no help text): set in code, e.g. by the tests.
     logged_clips: int = 3

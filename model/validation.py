@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from core.metrics import clip_metrics
+from core.metrics import clip_metrics, summarize
 from model import data as data_lib
 from model.data import Corpus
 from model.logging_utils import multi_resolution_stft_distance, write_clip, write_scalars
@@ -55,13 +55,13 @@ class Validator:
                       for corpus, dataset in zip(self.corpora, self.datasets)}
         self.gt_written = True
         result = _means(per_corpus.values())
+        corpora = {name: _means([values]) for name, values in per_corpus.items()} if len(self.corpora) > 1 else {}
         if writer is not None:
             write_scalars(writer, _finite(result), step, "validation")
-            if len(self.corpora) > 1:
-                for name, values in per_corpus.items():
-                    write_scalars(writer, _finite(_means([values])), step, f"validation/{name}")
-        if len(self.corpora) > 1:
-            result["corpora"] = {name: _means([values]) for name, values in per_corpus.items()}
+            for name, means in corpora.items():
+                write_scalars(writer, _finite(means), step, f"validation/{name}")
+        if corpora:
+            result["corpora"] = corpora
         return result
 
     def _run_corpus(self, corpus: Corpus, dataset, writer, step: int) -> dict[str, list[float]]:
@@ -96,8 +96,10 @@ def _means(clip_values) -> dict[str, float]:
             pooled.setdefault(name, []).extend(items)
     means = {}
     for name, items in pooled.items():
-        finite = items if name in BASE else [v for v in items if math.isfinite(v)]
-        means[name] = float(np.mean(finite)) if finite else math.nan
+        if name in BASE:  # NaN included: a non-finite validation error must show
+            means[name] = float(np.mean(items)) if items else math.nan
+        else:
+            means[name] = summarize(items)["mean"]
     return means
 
 
